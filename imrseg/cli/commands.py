@@ -1,0 +1,2 @@
+"""Registers every command module on the app."""
+from . import app  # noqa: F401

@@ -1,0 +1,81 @@
+"""Reading the authors' checkpoints: a pickled state dict saved from
+`nn.DataParallel` (keys prefixed `module.`), loaded without running any pickled code."""
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+from collections.abc import Mapping
+
+import torch
+
+from ..errors import CheckpointError
+
+# A key only each backbone's checkpoints have.
+BACKBONE_MARKERS = {"resnet50": "backbone.layer1.0.conv1.weight", "vgg16": "backbone.features.0.weight"}
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """torch.load with weights_only=True, every failure turned into one clear message."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{path}: no such file")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()
+        detail = next((line for line in first if "GLOBAL" in line or "Unsupported" in line), first[0] if first else "")
+        raise CheckpointError(f"{path}: refused to load: the pickle holds objects other than tensors "
+                              f"({detail.strip()})") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (truncated or corrupt: "
+                              f"{str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__})") from None
+    return _as_state_dict(obj, path)
+
+
+def _as_state_dict(obj, origin: str) -> dict[str, torch.Tensor]:
+    if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
+        obj = obj["state_dict"]
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"{origin}: holds a {type(obj).__name__}, not a state dict")
+    bad = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise CheckpointError(f"{origin}: entries that are not tensors: {', '.join(map(str, bad[:3]))}")
+    return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+def infer_backbone(state_dict: Mapping[str, torch.Tensor], origin: str) -> str:
+    for name, marker in BACKBONE_MARKERS.items():
+        if marker in state_dict:
+            return name
+    raise CheckpointError(f"{origin}: not an IMR-HSNet checkpoint (no ResNet-50 or VGG-16 backbone keys; "
+                          f"first keys: {', '.join(list(state_dict)[:3]) or 'none'})")
+
+
+def load_into(model: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], origin: str) -> None:
+    """Strict load with an error that says what differs."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    shapes = [f"{k} {tuple(state_dict[k].shape)} vs {tuple(v.shape)}"
+              for k, v in expected.items() if k in state_dict and state_dict[k].shape != v.shape]
+    if missing or unexpected or shapes:
+        parts = [f"{origin}: does not match IMR-HSNet ({model.backbone_name} backbone):"]
+        if missing:
+            parts.append(f"{len(missing)} missing keys (e.g. {', '.join(missing[:3])})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected keys (e.g. {', '.join(unexpected[:3])})")
+        if shapes:
+            parts.append(f"{len(shapes)} shape mismatches (e.g. {'; '.join(shapes[:2])})")
+        raise CheckpointError(" ".join(parts))
+    model.load_state_dict(state_dict, strict=True)
+
+
+def load_official(cls, source):
+    if isinstance(source, Mapping):
+        origin, state_dict = "state dict", _as_state_dict(source, "state dict")
+    else:
+        origin, state_dict = os.fspath(source), read_state_dict(source)
+    model = cls(infer_backbone(state_dict, origin))
+    load_into(model, state_dict, origin)
+    return model

@@ -1,0 +1,151 @@
+"""IMR-HSNet: HSNet's hypercorrelation encoder with Iterative Mutual Refinement of
+the query and support masks (Wang et al., IJCAI 2022)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .backbone import SPECS, build_backbone, extract_taps, stage_slices
+from .correlation import StageFeatures, mask_factor, masked_correlation, resize_mask, stage_cosine
+from .imr import STATE_SIZE, IterativeMutualRefinement
+from .learner import HPNLearner
+
+INPUT_SIZE = (400, 400)
+
+
+@dataclass
+class ImageFeatures:
+    """What the network needs of one batch of images: computed once, reused by
+    every pairing and every refinement step."""
+
+    stages: list  # StageFeatures per correlation stage, deepest first
+    mid: torch.Tensor  # (B, 512, 50, 50)
+
+    @property
+    def batch_size(self) -> int:
+        return self.mid.shape[0]
+
+    def index(self, idx) -> "ImageFeatures":
+        return ImageFeatures([s.index(idx) for s in self.stages], self.mid[idx])
+
+
+class IMRHSNet(IterativeMutualRefinement):
+    def __init__(self, backbone: str = "resnet50"):
+        super().__init__()
+        if backbone not in SPECS:
+            raise ValueError(f"unknown backbone {backbone!r}; expected one of {sorted(SPECS)}")
+        self.backbone_name = backbone
+        self.spec = SPECS[backbone]
+        self.backbone = build_backbone(backbone)
+        if self.spec.mid_channels != 512:
+            self.conv1024_512 = nn.Conv2d(self.spec.mid_channels, 512, kernel_size=1)
+        self.hpn_learner = HPNLearner(self.spec.stage_sizes)
+        self.eval()
+
+    # ---------------------------------------------------------------- features
+    def encode(self, images: torch.Tensor) -> ImageFeatures:
+        """Backbone taps of normalised (B,3,400,400) images, ready for correlation."""
+        with torch.no_grad():
+            taps = extract_taps(self.backbone_name, self.backbone, images)
+            slices = stage_slices(self.spec, len(taps))
+            stages = [StageFeatures.from_taps(taps[sl]) for sl in slices]
+            mid = F.interpolate(sum(taps[slices[1]]), STATE_SIZE, mode="bilinear", align_corners=True)
+        if hasattr(self, "conv1024_512"):
+            mid = self.conv1024_512(mid)
+        return ImageFeatures(stages, mid)
+
+    # -------------------------------------------------------------- refinement
+    def refine(self, query: ImageFeatures, support: ImageFeatures, query_cam: torch.Tensor,
+               support_cam: torch.Tensor, steps: int = 2, with_support: bool = True):
+        """Refine both masks for `steps` iterations; returns per-step lists of
+        (B,2,100,100) query and support logits. A support batch of 1 is shared by
+        every query. With `with_support=False` the last step's support branch,
+        which no query output depends on, is skipped (its entry is None)."""
+        if steps < 1:
+            raise ValueError(f"steps must be >= 1, got {steps}")
+        bsz = query.batch_size
+        support_mid = support.mid.expand(bsz, -1, -1, -1)
+        support_cam = support_cam.expand(bsz, -1, -1)
+        cosines = [stage_cosine(q, s) for q, s in zip(query.stages, support.stages)]
+
+        # The authors mask the feature lists in place, so masks accumulate over the
+        # steps and both sides of every correlation are masked; at the first step the
+        # query features carry the *support* CAM and the support features the *query*
+        # CAM. Their checkpoints were trained with this, so it is kept as is.
+        query_masks = [resize_mask(support_cam, s.size) for s in query.stages]
+        support_masks = [resize_mask(query_cam, s.size) for s in support.stages]
+        query_prior, support_prior = query_cam.unsqueeze(1), support_cam.unsqueeze(1)
+        query_state = support_state = self.initial_state(bsz)
+
+        query_logits, support_logits = [], []
+        for step in range(steps):
+            last = step == steps - 1
+            q_factors = [mask_factor(s, m) for s, m in zip(query.stages, query_masks)]
+            s_factors = [mask_factor(s, m) for s, m in zip(support.stages, support_masks)]
+            pyramid = [masked_correlation(c, qf, sf, q.size, s.size)
+                       for c, qf, sf, q, s in zip(cosines, q_factors, s_factors, query.stages, support.stages)]
+            q_logit, query_state = self.refine_step(self.hpn_learner(pyramid), query.mid,
+                                                    query_prior, query_state)
+            query_logits.append(q_logit)
+            if last and not with_support:
+                support_logits.append(None)
+                break
+            pyramid = [masked_correlation(c, qf, sf, q.size, s.size, transpose=True)
+                       for c, qf, sf, q, s in zip(cosines, q_factors, s_factors, query.stages, support.stages)]
+            s_logit, support_state = self.refine_step(self.hpn_learner(pyramid), support_mid,
+                                                      support_prior, support_state)
+            support_logits.append(s_logit)
+            if last:
+                break
+            q_prob, s_prob = q_logit.softmax(dim=1)[:, 1], s_logit.softmax(dim=1)[:, 1]
+            query_masks = [m * resize_mask(q_prob, s.size) for m, s in zip(query_masks, query.stages)]
+            support_masks = [m * resize_mask(s_prob, s.size) for m, s in zip(support_masks, support.stages)]
+            query_prior = F.interpolate(q_prob.unsqueeze(1), STATE_SIZE, mode="bilinear", align_corners=True)
+            support_prior = F.interpolate(s_prob.unsqueeze(1), STATE_SIZE, mode="bilinear", align_corners=True)
+        return query_logits, support_logits
+
+    def forward(self, query_img: torch.Tensor, support_img: torch.Tensor, query_cam: torch.Tensor,
+                support_cam: torch.Tensor, steps: int = 2):
+        """(query_logits, support_logits), each (B,2,400,400), for normalised
+        (B,3,400,400) images and (B,50,50) CAMs."""
+        q_logits, s_logits = self.refine(self.encode(query_img), self.encode(support_img),
+                                         query_cam, support_cam, steps)
+        return upsample_logits(q_logits[-1]), upsample_logits(s_logits[-1])
+
+    def predict_mask_nshot(self, query_img: torch.Tensor, support_imgs: torch.Tensor,
+                           query_cam: torch.Tensor, support_cams: torch.Tensor, steps: int = 2,
+                           size=None) -> torch.Tensor:
+        """The authors' K-shot vote: (B,K,3,H,W) supports and (B,K,50,50) CAMs ->
+        (B,H',W') 0/1 mask, H'xW' = `size` or 400x400."""
+        query = self.encode(query_img)
+        votes = []
+        for k in range(support_imgs.shape[1]):
+            q_logits, _ = self.refine(query, self.encode(support_imgs[:, k]), query_cam,
+                                      support_cams[:, k], steps, with_support=False)
+            votes.append(upsample_logits(q_logits[-1], size).argmax(dim=1))
+        return vote(torch.stack(votes, dim=1))
+
+    # ------------------------------------------------------------- checkpoints
+    @classmethod
+    def from_official(cls, source) -> "IMRHSNet":
+        """Load an authors' `best_model.pt` (path) or a state dict, `module.` prefixes allowed."""
+        from .checkpoint import load_official
+
+        return load_official(cls, source)
+
+
+def upsample_logits(logits: torch.Tensor, size=None) -> torch.Tensor:
+    return F.interpolate(logits, size or INPUT_SIZE, mode="bilinear", align_corners=True)
+
+
+def vote(masks: torch.Tensor) -> torch.Tensor:
+    """(B,K,H,W) 0/1 masks -> (B,H,W) float 0/1: summed, divided by max(max vote, 1),
+    thresholded at 0.5, as the authors' `predict_mask_nshot`."""
+    if masks.shape[1] == 1:
+        return masks[:, 0].float()
+    total = masks.sum(dim=1)
+    max_vote = total.flatten(1).max(dim=1).values.clamp(min=1).view(-1, 1, 1)
+    return (total.float() / max_vote >= 0.5).float()

@@ -1,0 +1,53 @@
+"""HSNet's hypercorrelation pyramid encoder: squeeze each stage's 4D correlation
+with center-pivot convolutions, then mix the stages top-down."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .conv4d import CenterPivotConv4d
+
+SQUEEZE_CHANNELS = (16, 64, 128)
+
+
+def _building_block(in_channels: int, out_channels, kernel_sizes, support_strides, groups: int = 4):
+    layers = []
+    for idx, (outch, ksz, stride) in enumerate(zip(out_channels, kernel_sizes, support_strides)):
+        inch = in_channels if idx == 0 else out_channels[idx - 1]
+        layers += [
+            CenterPivotConv4d(inch, outch, (ksz,) * 4, (1, 1, stride, stride), (ksz // 2,) * 4),
+            nn.GroupNorm(groups, outch),
+            nn.ReLU(inplace=True),
+        ]
+    return nn.Sequential(*layers)
+
+
+def _resize_query_dims(corr: torch.Tensor, size) -> torch.Tensor:
+    # HSNet calls this `interpolate_support_dims`, but it resizes the query (ha, wa) grid.
+    bsz, ch, ha, wa, hb, wb = corr.shape
+    flat = corr.permute(0, 4, 5, 1, 2, 3).reshape(bsz * hb * wb, ch, ha, wa)
+    flat = F.interpolate(flat, size, mode="bilinear", align_corners=True)
+    return flat.view(bsz, hb, wb, ch, *size).permute(0, 3, 4, 5, 1, 2)
+
+
+class HPNLearner(nn.Module):
+    """`in_channels`: layers per stage, deepest first (e.g. (3, 6, 4) for ResNet-50)."""
+
+    def __init__(self, in_channels):
+        super().__init__()
+        c1, c2, c3 = SQUEEZE_CHANNELS
+        self.encoder_layer4 = _building_block(in_channels[0], [c1, c2, c3], [3, 3, 3], [2, 2, 2])
+        self.encoder_layer3 = _building_block(in_channels[1], [c1, c2, c3], [5, 3, 3], [4, 2, 2])
+        self.encoder_layer2 = _building_block(in_channels[2], [c1, c2, c3], [5, 5, 3], [4, 4, 2])
+        self.encoder_layer4to3 = _building_block(c3, [c3, c3, c3], [3, 3, 3], [1, 1, 1])
+        self.encoder_layer3to2 = _building_block(c3, [c3, c3, c3], [3, 3, 3], [1, 1, 1])
+
+    def forward(self, corr_pyramid) -> torch.Tensor:
+        """(corr_l4, corr_l3, corr_l2) -> (B, 128, Hq, Wq) at the layer-2 query resolution."""
+        sqz4 = self.encoder_layer4(corr_pyramid[0])
+        sqz3 = self.encoder_layer3(corr_pyramid[1])
+        sqz2 = self.encoder_layer2(corr_pyramid[2])
+        mix43 = self.encoder_layer4to3(_resize_query_dims(sqz4, sqz3.shape[-4:-2]) + sqz3)
+        mix432 = self.encoder_layer3to2(_resize_query_dims(mix43, sqz2.shape[-4:-2]) + sqz2)
+        return mix432.flatten(-2).mean(dim=-1)

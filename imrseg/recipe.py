@@ -1,0 +1,40 @@
+"""Deterministic weights derived from parameter names alone (the recipe of the
+golden reference outputs). They make any model with the official parameter names
+reproducible without downloading anything; as segmentations they are noise."""
+from __future__ import annotations
+
+import zlib
+
+import numpy as np
+import torch
+
+SEED_PREFIX = "25:"
+
+
+def recipe_tensor(name: str, shape) -> torch.Tensor:
+    shape = tuple(shape)
+    if name.endswith("num_batches_tracked"):
+        return torch.zeros(shape, dtype=torch.long)
+    rng = np.random.default_rng(zlib.crc32((SEED_PREFIX + name).encode("utf-8")))
+    if name.endswith("running_var"):
+        value = 1 + 0.1 * np.abs(rng.standard_normal(shape))
+    elif name.endswith("running_mean"):
+        value = 0.1 * rng.standard_normal(shape)
+    elif len(shape) >= 2:
+        value = rng.standard_normal(shape) / np.sqrt(np.prod(shape[1:]))
+    elif name.endswith("weight"):
+        value = 1 + 0.1 * rng.standard_normal(shape)
+    elif name.endswith("bias"):
+        value = 0.01 * rng.standard_normal(shape)
+    else:
+        value = 0.1 * rng.standard_normal(shape)
+    return torch.from_numpy(np.asarray(value, dtype=np.float32))
+
+
+def recipe_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {name: recipe_tensor(name, t.shape) for name, t in model.state_dict().items()}
+
+
+def apply_recipe(model: torch.nn.Module) -> torch.nn.Module:
+    model.load_state_dict(recipe_state_dict(model), strict=True)
+    return model
