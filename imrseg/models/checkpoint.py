@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import zipfile
 from collections.abc import Mapping
 
@@ -23,10 +24,10 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()
-        detail = next((line for line in first if "GLOBAL" in line or "Unsupported" in line), first[0] if first else "")
+        found = re.search(r"GLOBAL (\S+)", str(exc))
+        detail = f"it references {found.group(1)}" if found else "it uses pickle features a weights-only load refuses"
         raise CheckpointError(f"{path}: refused to load: the pickle holds objects other than tensors "
-                              f"({detail.strip()})") from None
+                              f"({detail}); only plain state dicts are accepted") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (truncated or corrupt: "
                               f"{str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__})") from None

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
 
 from .backbone import SPECS, build_backbone, extract_taps, stage_slices
@@ -32,11 +33,22 @@ class ImageFeatures:
         return ImageFeatures([s.index(idx) for s in self.stages], self.mid[idx])
 
 
-class IMRHSNet(IterativeMutualRefinement):
-    def __init__(self, backbone: str = "resnet50"):
+class IMRHSNet(IterativeMutualRefinement, PyTorchModelHubMixin,
+               library_name="imrseg", repo_url="https://github.com/Whileherham/IMR-HSNet",
+               paper_url="https://arxiv.org/abs/2303.05646", pipeline_tag="image-segmentation",
+               tags=["few-shot-segmentation", "imr-hsnet"]):
+    """The `__init__` arguments are the checkpoint's config.json in the Hub layout
+    (`save_pretrained` / `from_pretrained` / `push_to_hub`): the backbone, and for
+    a trained checkpoint its benchmark, test fold, default refinement steps and
+    the names of the fold's classes."""
+
+    def __init__(self, backbone: str = "resnet50", benchmark: str | None = None, fold: int | None = None,
+                 steps: int = 2, class_names: list[str] | None = None):
         super().__init__()
         if backbone not in SPECS:
             raise ValueError(f"unknown backbone {backbone!r}; expected one of {sorted(SPECS)}")
+        self.benchmark, self.fold, self.steps = benchmark, fold, steps
+        self.class_names = list(class_names) if class_names is not None else None
         self.backbone_name = backbone
         self.spec = SPECS[backbone]
         self.backbone = build_backbone(backbone)

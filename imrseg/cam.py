@@ -1,0 +1,207 @@
+"""CLIP Grad-CAM: the coarse masks that stand in for drawn ones.
+
+The label and a vocabulary of competitors are embedded as "a photo of a {c}";
+the image's probability for the label (softmax of 100 x cosine similarity) is
+differentiated with respect to the output of the vision tower's last block, and
+the gradient-weighted activations give the class activation map, post-processed
+exactly as the authors' pytorch-grad-cam copy does.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import cv2
+import numpy as np
+import torch
+from PIL import Image
+
+from .errors import InputError
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+DEFAULT_TEMPLATE = "a photo of a {c}"
+CAM_MODES = ("official", "full")
+CAM_BATCH = 16
+
+
+def _scale01(x: np.ndarray) -> np.ndarray:
+    x = x - np.min(x)
+    return x / (1e-7 + np.max(x))
+
+
+def postprocess_cam(raw: np.ndarray, input_size: int) -> np.ndarray:
+    """(h, w) gradient-weighted activation sum -> (S, S) map in [0, 1], as the authors:
+    negatives to 0, min-max, cv2 resize, negatives to 0, min-max again."""
+    cam = np.maximum(raw.astype(np.float32), 0)
+    cam = cv2.resize(np.float32(_scale01(cam)), (input_size, input_size))
+    return np.float32(_scale01(np.maximum(cam, 0)))
+
+
+class ClipCAM:
+    """Grad-CAM coarse masks from any open_clip CLIP model.
+
+    `mode="official"` preprocesses as the authors (shorter side to 224, centre
+    crop), so the map covers the central square only and is stretched over the
+    whole image; `mode="full"` resizes the whole image to 224x224, so the map lines
+    up with the uncropped image the refinement network sees.
+    """
+
+    def __init__(self, model: torch.nn.Module, tokenizer=None, template: str = DEFAULT_TEMPLATE,
+                 mode: str = "official", device: str | torch.device | None = None):
+        if mode not in CAM_MODES:
+            raise InputError(f"unknown CAM mode {mode!r}; expected one of {', '.join(CAM_MODES)}")
+        if "{c}" not in template:
+            raise InputError(f"prompt template {template!r} has no '{{c}}' placeholder for the class name")
+        self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        self.model = model.to(self.device).eval().requires_grad_(False)
+        if tokenizer is None:
+            import open_clip
+
+            tokenizer = open_clip.get_tokenizer("RN50-quickgelu")
+        self.tokenizer = tokenizer
+        self.template = template
+        self.mode = mode
+        self.target_layer, self._to_grid = _target_layer(self.model.visual)
+        size = getattr(self.model.visual, "image_size", 224)
+        self.input_size = size[0] if isinstance(size, (tuple, list)) else int(size)
+        self.context_length = getattr(self.model, "context_length", 77)
+        self._text_cache: dict[tuple, torch.Tensor] = {}
+
+    # ------------------------------------------------------------ preprocessing
+    def preprocess(self, image: Image.Image) -> torch.Tensor:
+        """PIL image -> normalised (3, S, S) tensor."""
+        size = self.input_size
+        image = image.convert("RGB")
+        if self.mode == "full":
+            image = image.resize((size, size), Image.BICUBIC)
+        else:
+            w, h = image.size
+            if w <= h:
+                new = (size, int(size * h / w))
+            else:
+                new = (int(size * w / h), size)
+            image = image.resize(new, Image.BICUBIC)
+            left, top = int(round((new[0] - size) / 2.0)), int(round((new[1] - size) / 2.0))
+            image = image.crop((left, top, left + size, top + size))
+        x = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)
+        mean = torch.tensor(CLIP_MEAN).view(3, 1, 1)
+        std = torch.tensor(CLIP_STD).view(3, 1, 1)
+        return (x - mean) / std
+
+    # --------------------------------------------------------------------- text
+    def check_label(self, label: str) -> None:
+        """Fail early on labels CLIP cannot take."""
+        if not label or not label.strip():
+            raise InputError("the label is empty; pass --label with the name of the object to segment")
+        tokens = self.tokenizer([self.template.format(c=label)], context_length=10_000)
+        used = int((tokens[0] != 0).sum())
+        if used > self.context_length:
+            raise InputError(f"the label is too long for CLIP: the prompt takes {used} tokens, "
+                             f"the limit is {self.context_length}; shorten --label")
+
+    def text_features(self, classnames: Sequence[str]) -> torch.Tensor:
+        """Unit text embeddings of the prompts, (C, D); computed once per vocabulary."""
+        key = (self.template, tuple(classnames))
+        if key not in self._text_cache:
+            tokens = self.tokenizer([self.template.format(c=c) for c in classnames]).to(self.device)
+            with torch.no_grad():
+                feats = self.model.encode_text(tokens).float()
+            self._text_cache[key] = feats / feats.norm(dim=-1, keepdim=True)
+        return self._text_cache[key]
+
+    # ------------------------------------------------------------------- images
+    def _batch(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        return torch.stack([self.preprocess(im) for im in images]).to(self.device)
+
+    def probabilities(self, images: Sequence[Image.Image], classnames: Sequence[str]) -> torch.Tensor:
+        """Softmax over 100 x cosine similarity, (N, C)."""
+        with torch.no_grad():
+            return self._probs(self._batch(images), self.text_features(classnames))
+
+    def _probs(self, batch: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        feats = self.model.encode_image(batch).float()
+        feats = feats / feats.norm(dim=-1, keepdim=True)
+        return (100.0 * feats @ text.T).softmax(dim=-1)
+
+    def maps(self, images: Sequence[Image.Image], classnames: Sequence[str],
+             targets: Sequence[int]) -> np.ndarray:
+        """Grad-CAM maps at the CLIP input size, (N, S, S) float32 in [0, 1]."""
+        if len(images) != len(targets):
+            raise ValueError(f"{len(images)} images but {len(targets)} targets")
+        text = self.text_features(classnames)
+        out = [self._maps_batch(self._batch(images[i:i + CAM_BATCH]), text, targets[i:i + CAM_BATCH])
+               for i in range(0, len(images), CAM_BATCH)]
+        return np.concatenate(out) if out else np.zeros((0, self.input_size, self.input_size), np.float32)
+
+    def _maps_batch(self, batch: torch.Tensor, text: torch.Tensor, targets: Sequence[int]) -> np.ndarray:
+        captured = {}
+
+        def hook(_module, _inputs, output):
+            # A fresh leaf: the graph starts here, so no gradient flows into the backbone.
+            leaf = output.detach().requires_grad_(True)
+            captured["act"] = leaf
+            return leaf
+
+        handle = self.target_layer.register_forward_hook(hook)
+        try:
+            with torch.enable_grad():
+                probs = self._probs(batch, text)
+                index = torch.as_tensor(list(targets), device=probs.device)
+                score = probs.gather(1, index[:, None]).sum()
+                (grads,) = torch.autograd.grad(score, captured["act"])
+        finally:
+            handle.remove()
+        act = self._to_grid(captured["act"].detach()).float()
+        grads = self._to_grid(grads).float()
+        weights = grads.mean(dim=(2, 3), keepdim=True)
+        raw = (weights * act).sum(dim=1).cpu().numpy()
+        return np.stack([postprocess_cam(r, self.input_size) for r in raw])
+
+    def __call__(self, images: Sequence[Image.Image], classnames: Sequence[str],
+                 targets: Sequence[int], size: int = 50) -> torch.Tensor:
+        """Coarse masks (N, size, size) in [0, 1], resized with cv2 as the authors."""
+        maps = self.maps(images, classnames, targets)
+        return torch.from_numpy(np.stack([cv2.resize(m, (size, size)) for m in maps])
+                                if len(maps) else np.zeros((0, size, size), np.float32))
+
+
+def openai_fp16_round_trip(model: torch.nn.Module) -> torch.nn.Module:
+    """Round conv, linear and attention weights through fp16, as the authors' `clip.load`
+    does (it builds the model in fp16, then casts it back to fp32 on CPU). OpenAI's
+    released weights are fp16 values, so for them this changes nothing; for any
+    other state dict it reproduces the numbers of the authors' pipeline."""
+    def round_trip(t):
+        if t is not None:
+            t.data = t.data.half().to(t.dtype)
+
+    for module in model.modules():
+        if isinstance(module, (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Linear)):
+            round_trip(module.weight)
+            round_trip(module.bias)
+        elif isinstance(module, torch.nn.MultiheadAttention):
+            for name in ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight",
+                         "in_proj_bias", "bias_k", "bias_v"):
+                round_trip(getattr(module, name, None))
+        for name in ("text_projection", "proj"):
+            value = getattr(module, name, None)
+            if isinstance(value, torch.Tensor):
+                round_trip(value)
+    return model
+
+
+def _target_layer(visual: torch.nn.Module):
+    """The block whose output Grad-CAM weighs, and how to view it as (N, C, h, w)."""
+    if hasattr(visual, "layer4"):  # ModifiedResNet (RN50, RN101, ...)
+        return visual.layer4[-1], lambda t: t
+    if hasattr(visual, "transformer") and hasattr(visual, "grid_size"):  # VisionTransformer
+        grid = tuple(visual.grid_size)
+
+        def to_grid(tokens: torch.Tensor) -> torch.Tensor:
+            if tokens.shape[1] != grid[0] * grid[1] + 1 and tokens.shape[0] == grid[0] * grid[1] + 1:
+                tokens = tokens.transpose(0, 1)  # sequence-first layout
+            patches = tokens[:, -grid[0] * grid[1]:]
+            return patches.transpose(1, 2).reshape(patches.shape[0], -1, *grid)
+
+        return visual.transformer.resblocks[-1], to_grid
+    raise InputError(f"unsupported CLIP vision tower {type(visual).__name__}: "
+                     "Grad-CAM needs a ModifiedResNet or a VisionTransformer")

@@ -1,0 +1,43 @@
+"""Class names of the few-shot benchmarks, in their index order, and the folds."""
+from __future__ import annotations
+
+PASCAL_CLASSES = (
+    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
+    "tvmonitor",
+)
+
+COCO_CLASSES = (
+    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat",
+    "traffic light", "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog",
+    "horse", "sheep", "cow", "elephant", "bear", "zebra", "giraffe", "backpack", "umbrella",
+    "handbag", "tie", "suitcase", "frisbee", "skis", "snowboard", "sports ball", "kite",
+    "baseball bat", "baseball glove", "skateboard", "surfboard", "tennis racket", "bottle",
+    "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple", "sandwich", "orange",
+    "broccoli", "carrot", "hot dog", "pizza", "donut", "cake", "chair", "couch", "potted plant",
+    "bed", "dining table", "toilet", "tv", "laptop", "mouse", "remote", "keyboard", "cell phone",
+    "microwave", "oven", "toaster", "sink", "refrigerator", "book", "clock", "vase", "scissors",
+    "teddy bear", "hair drier", "toothbrush",
+)
+
+BENCHMARK_CLASSES = {"pascal": PASCAL_CLASSES, "coco": COCO_CLASSES}
+NUM_FOLDS = 4
+
+
+def fold_classes(benchmark: str, fold: int) -> list[int]:
+    """0-based class indices of a test fold, as the authors: PASCAL fold i holds
+    classes 5i..5i+4; COCO fold i holds {4k + i : k = 0..19} (interleaved)."""
+    if benchmark not in BENCHMARK_CLASSES:
+        raise ValueError(f"unknown benchmark {benchmark!r}; expected pascal or coco")
+    if fold not in range(NUM_FOLDS):
+        raise ValueError(f"fold must be 0-3, got {fold}")
+    n = len(BENCHMARK_CLASSES[benchmark]) // NUM_FOLDS
+    if benchmark == "pascal":
+        return [fold * n + i for i in range(n)]
+    return [fold + NUM_FOLDS * k for k in range(n)]
+
+
+def fold_class_names(benchmark: str, fold: int) -> list[str]:
+    """Names of a test fold's classes, in the fold's order."""
+    ids = fold_classes(benchmark, fold)  # validates both arguments
+    return [BENCHMARK_CLASSES[benchmark][i] for i in ids]

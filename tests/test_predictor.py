@@ -1,0 +1,107 @@
+"""The Predictor: cached supports, batched queries, K-shot vote, zero-shot, drawn masks."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from imrseg.cam import ClipCAM
+from imrseg.models import vote
+from imrseg.predictor import Predictor
+
+
+def _image(seed: int, size=(64, 48)) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8))
+
+
+class SpyCAM(ClipCAM):
+    """A ClipCAM that counts the images it was asked about."""
+
+    def __init__(self, model):
+        super().__init__(model)
+        self.seen = 0
+
+    def __call__(self, images, *args, **kwargs):
+        self.seen += len(images)
+        return super().__call__(images, *args, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def cam(recipe_clip):
+    return ClipCAM(recipe_clip)
+
+
+def test_prediction_is_at_each_query_size(recipe_net, cam):
+    predictor = Predictor(recipe_net, cam, steps=2)
+    predictor.set_support([_image(0)], "dog")
+    queries = [_image(1, (64, 48)), _image(2, (30, 71))]
+    preds = predictor.predict_batch(queries)
+    for query, pred in zip(queries, preds):
+        w, h = query.size
+        assert pred.mask.shape == pred.prob.shape == (h, w) and pred.mask.dtype == bool
+        assert len(pred.step_masks) == 2 and all(m.shape == (h, w) for m in pred.step_masks)
+        assert pred.cam.shape == (50, 50)
+        assert 0.0 <= pred.prob.min() and pred.prob.max() <= 1.0
+        # One support: the mask is the arg-max, i.e. probability above one half.
+        assert np.array_equal(pred.mask, pred.prob > 0.5)
+    big = predictor.predict(queries[0], size=(640, 480))
+    assert big.mask.shape == (480, 640)
+
+
+def test_batch_equals_one_by_one(recipe_net, cam):
+    predictor = Predictor(recipe_net, cam, steps=1)
+    predictor.set_support([_image(3)], "cat")
+    queries = [_image(4), _image(5)]
+    batched = predictor.predict_batch(queries)
+    for query, pred in zip(queries, batched):
+        single = predictor.predict(query)
+        assert np.abs(single.prob - pred.prob).max() <= 1e-4
+        assert np.abs(single.cam - pred.cam).max() <= 1e-4
+
+
+def test_two_supports_vote(recipe_net, cam):
+    supports, query = [_image(6), _image(7)], _image(8)
+    predictor = Predictor(recipe_net, cam, steps=1)
+    predictor.set_support(supports, "bird")
+    both = predictor.predict(query)
+    singles = []
+    for support in supports:
+        predictor.set_support([support], "bird")
+        singles.append(predictor.predict(query).mask)
+    expected = vote(torch.from_numpy(np.stack(singles))[None].long())[0].bool().numpy()
+    assert np.array_equal(both.mask, expected)
+
+
+def test_drawn_support_masks_replace_the_cam(recipe_net, recipe_clip):
+    spy = SpyCAM(recipe_clip)
+    predictor = Predictor(recipe_net, spy, steps=1)
+    support = _image(9)
+    drawn = np.zeros((48, 64), bool)
+    drawn[10:30, 20:50] = True
+    predictor.set_support([support], "boat", masks=[drawn])
+    assert spy.seen == 0
+    # Area-averaged to 50x50: the coarse mask keeps the drawn area.
+    assert abs(float(predictor._support_cams[0].sum()) - drawn.mean() * 2500) <= 1.0
+    predictor.predict(_image(10))
+    assert spy.seen == 1  # only the query's CAM
+
+
+def test_zero_shot_is_query_as_its_own_support(recipe_net, cam):
+    image = _image(11)
+    predictor = Predictor(recipe_net, cam, steps=2)
+    zero = predictor.predict_zero_shot([image], "horse")[0]
+    predictor.set_support([image], "horse")
+    explicit = predictor.predict(image)
+    assert np.abs(zero.prob - explicit.prob).max() <= 1e-4
+
+
+def test_label_is_checked_before_work(recipe_net, cam):
+    from imrseg.errors import InputError
+
+    predictor = Predictor(recipe_net, cam)
+    with pytest.raises(InputError, match="label is empty"):
+        predictor.set_support([_image(0)], "  ")
+    with pytest.raises(InputError, match="too long for CLIP"):
+        predictor.set_support([_image(0)], "very " * 80 + "dog")
