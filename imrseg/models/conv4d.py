@@ -1,5 +1,9 @@
 """Center-pivot 4D convolution (HSNet): two 2D convolutions, one over the query
-positions and one over the support positions, summed."""
+positions and one over the support positions, summed.
+
+4D tensors are kept query-major, (B, ha, wa, C, hb, wb): the pass over the support
+dimensions then reads its input and writes its output in place, and only the
+strided (pruned) copy that the query pass needs is ever transposed."""
 from __future__ import annotations
 
 import torch
@@ -17,17 +21,28 @@ class CenterPivotConv4d(nn.Module):
         self.support_stride = tuple(stride[2:])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        bsz, inch, ha, wa, hb, wb = x.shape
+        """(B, ha, wa, C, hb, wb) -> (B, ha, wa, C', hb', wb')."""
+        bsz, ha, wa, inch, hb, wb = x.shape
         sh, sw = self.support_stride
         # conv1 sees only the support positions that conv2's stride keeps, so that
         # both halves land on the same (strided) support grid.
-        pruned = x[..., ::sh, ::sw] if (sh, sw) != (1, 1) else x
+        pruned = x[..., ::sh, ::sw]
         phb, pwb = pruned.shape[-2:]
-        out1 = self.conv1(pruned.permute(0, 4, 5, 1, 2, 3).reshape(-1, inch, ha, wa))
-        outch, oha, owa = out1.shape[-3:]
-        out1 = out1.view(bsz, phb, pwb, outch, oha, owa).permute(0, 3, 4, 5, 1, 2)
+        out1 = self.conv1(pruned.permute(0, 4, 5, 3, 1, 2).reshape(-1, inch, ha, wa))
+        out2 = self.conv2(x.reshape(-1, inch, hb, wb))
+        outch = out2.shape[1]
+        out = out2.view(bsz, ha, wa, outch, *out2.shape[-2:])
+        out += out1.view(bsz, phb, pwb, outch, *out1.shape[-2:]).permute(0, 4, 5, 3, 1, 2)
+        return out
 
-        out2 = self.conv2(x.permute(0, 2, 3, 1, 4, 5).reshape(-1, inch, hb, wb))
-        ohb, owb = out2.shape[-2:]
-        out2 = out2.view(bsz, ha, wa, outch, ohb, owb).permute(0, 3, 1, 2, 4, 5)
-        return (out1 + out2).contiguous()
+
+class QueryMajorGroupNorm(nn.GroupNorm):
+    """nn.GroupNorm (same parameters) over a query-major (B, ha, wa, C, hb, wb) tensor."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bsz, ha, wa, ch, hb, wb = x.shape
+        groups = x.view(bsz, ha * wa, self.num_groups, ch // self.num_groups, hb * wb)
+        var, mean = torch.var_mean(groups, dim=(1, 3, 4), unbiased=False, keepdim=True)
+        scale = torch.rsqrt(var + self.eps) * self.weight.view(1, 1, self.num_groups, -1, 1)
+        shift = self.bias.view(1, 1, self.num_groups, -1, 1) - mean * scale
+        return torch.addcmul(shift, groups, scale).view(x.shape)

@@ -41,8 +41,10 @@ class StageFeatures:
 
 
 def stage_cosine(query: StageFeatures, support: StageFeatures) -> torch.Tensor:
-    """relu(cosine) of every query position against every support position: (B, L, Nq, Ns)."""
-    return torch.matmul(query.unit, support.unit.transpose(-1, -2)).clamp_(min=0)
+    """relu(cosine) of every query position against every support position,
+    laid out (B, Nq, L, Ns): the order the 4D convolution reads it in."""
+    cos = torch.matmul(query.unit, support.unit.transpose(-1, -2)).clamp_(min=0)
+    return cos.transpose(1, 2).contiguous()
 
 
 def resize_mask(mask: torch.Tensor, size) -> torch.Tensor:
@@ -58,10 +60,16 @@ def mask_factor(stage: StageFeatures, mask: torch.Tensor) -> torch.Tensor:
 
 def masked_correlation(cosine: torch.Tensor, query_factor: torch.Tensor, support_factor: torch.Tensor,
                        query_size, support_size, transpose: bool = False) -> torch.Tensor:
-    """One stage of the correlation pyramid, (B, L, hq, wq, hs, ws); with `transpose`
-    the support plays the query: (B, L, hs, ws, hq, wq)."""
-    corr = cosine * query_factor.unsqueeze(-1) * support_factor.unsqueeze(-2)
-    bsz, layers = corr.shape[:2]
+    """One stage of the correlation pyramid, query-major (B, hq, wq, L, hs, ws); with
+    `transpose` the support plays the query: (B, hs, ws, L, hq, wq)."""
+    bsz, nq, layers, ns = cosine.shape
+    q = query_factor.transpose(1, 2).unsqueeze(-1)  # (B, Nq, L, 1)
+    s = support_factor.unsqueeze(1)  # (B, 1, L, Ns)
     if transpose:
-        return corr.transpose(-1, -2).reshape(bsz, layers, *support_size, *query_size)
-    return corr.view(bsz, layers, *query_size, *support_size)
+        out = torch.empty(bsz, ns, layers, nq, dtype=cosine.dtype, device=cosine.device)
+        torch.mul(cosine.permute(0, 3, 2, 1), s.permute(0, 3, 2, 1), out=out)
+        out.mul_(q.permute(0, 3, 2, 1))
+        return out.view(bsz, *support_size, layers, *query_size)
+    out = torch.mul(cosine, q)
+    out.mul_(s)
+    return out.view(bsz, *query_size, layers, *support_size)
