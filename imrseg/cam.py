@@ -37,6 +37,17 @@ def postprocess_cam(raw: np.ndarray, input_size: int) -> np.ndarray:
     return np.float32(_scale01(np.maximum(cam, 0)))
 
 
+def check_label(tokenizer, template: str, label: str, context_length: int = 77) -> None:
+    """Fail early, with the fix, on labels CLIP cannot take."""
+    if not label or not label.strip():
+        raise InputError("the label is empty; pass --label with the name of the object to segment")
+    tokens = tokenizer([template.format(c=label)], context_length=10_000)
+    used = int((tokens[0] != 0).sum())
+    if used > context_length:
+        raise InputError(f"the label is too long for CLIP: the prompt takes {used} tokens, "
+                         f"the limit is {context_length}; shorten --label")
+
+
 class ClipCAM:
     """Grad-CAM coarse masks from any open_clip CLIP model.
 
@@ -90,14 +101,7 @@ class ClipCAM:
 
     # --------------------------------------------------------------------- text
     def check_label(self, label: str) -> None:
-        """Fail early on labels CLIP cannot take."""
-        if not label or not label.strip():
-            raise InputError("the label is empty; pass --label with the name of the object to segment")
-        tokens = self.tokenizer([self.template.format(c=label)], context_length=10_000)
-        used = int((tokens[0] != 0).sum())
-        if used > self.context_length:
-            raise InputError(f"the label is too long for CLIP: the prompt takes {used} tokens, "
-                             f"the limit is {self.context_length}; shorten --label")
+        check_label(self.tokenizer, self.template, label, self.context_length)
 
     def text_features(self, classnames: Sequence[str]) -> torch.Tensor:
         """Unit text embeddings of the prompts, (C, D); computed once per vocabulary."""

@@ -542,6 +542,22 @@ def atomic_write_bytes(path: os.PathLike | str, data: bytes) -> None:
     _fsync_dir(path.parent)
 
 
+_TEMPORARY = re.compile(r"\..+\.tmp-[0-9a-f]{12}")
+
+
+def remove_stale_temporaries(out_dir: os.PathLike | str) -> int:
+    """Delete temporary files that a killed run left under `out_dir` (only names
+    atomic_write_bytes makes); returns how many."""
+    removed = 0
+    for folder, _dirs, files in os.walk(out_dir):
+        for name in files:
+            if _TEMPORARY.fullmatch(name):
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(folder, name))
+                    removed += 1
+    return removed
+
+
 def _write_encoded(
     path: os.PathLike | str, ext: str, array: np.ndarray, params: Sequence[int] = ()
 ) -> None:

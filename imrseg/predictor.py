@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .devices import autocast
 from .errors import InputError
 from .models import IMRHSNet, ImageFeatures, upsample_logits, vote
 from .models.imr_hsnet import INPUT_SIZE
@@ -56,12 +57,16 @@ class Predictor:
     """Segments queries against a cached support set.
 
     `cam` is a `ClipCAM` (needed unless every image comes with a drawn mask);
-    `device` is where the network and CAM run; `steps` defaults to the model's.
+    `device` is where the network and CAM run; `steps` defaults to the model's;
+    `precision` ("fp32", "fp16", "bf16") is the network's autocast precision (the
+    CAM always runs in fp32: its gradients need it).
     """
 
     def __init__(self, model: IMRHSNet, cam=None, device: str | torch.device = "cpu",
-                 steps: int | None = None, vocabulary: Sequence[str] | None = None):
+                 steps: int | None = None, vocabulary: Sequence[str] | None = None,
+                 precision: str = "fp32"):
         self.device = torch.device(device)
+        self.precision = precision
         self.model = model.to(self.device).eval()
         self.cam = cam
         self.steps = steps or model.steps
@@ -91,7 +96,7 @@ class Predictor:
             cams = torch.stack([mask_to_cam(m) for m in masks])
         else:
             cams = self.query_cams(images)
-        with torch.inference_mode():
+        with self._network():
             self._support = self.model.encode(self._inputs(images))
         self._support_cams = cams.to(self.device)
 
@@ -104,6 +109,14 @@ class Predictor:
             raise InputError("no CLIP model to compute coarse masks: give the Predictor a ClipCAM")
         self.cam.check_label(self.label)
         return self.cam(list(images), self.vocabulary, [0] * len(images), size=CAM_SIZE).to(self.device)
+
+    def _network(self):
+        import contextlib
+
+        stack = contextlib.ExitStack()
+        stack.enter_context(torch.inference_mode())
+        stack.enter_context(autocast(self.device, self.precision))
+        return stack
 
     def _inputs(self, images: Sequence[Image.Image]) -> torch.Tensor:
         return torch.stack([network_input(im) for im in images]).to(self.device)
@@ -119,7 +132,7 @@ class Predictor:
         if self._support is None:
             raise InputError("no support set: call set_support first")
         cams = self.query_cams(images)
-        with torch.inference_mode():
+        with self._network():
             query = self.model.encode(self._inputs(images))
             per_support = [self.model.refine(query, self._support.index(slice(k, k + 1)), cams,
                                              self._support_cams[k:k + 1], steps or self.steps,
@@ -132,7 +145,7 @@ class Predictor:
         """The paper's zero-shot mode: each query is its own support."""
         self.label = label
         cams = self.query_cams(images)
-        with torch.inference_mode():
+        with self._network():
             feats = self.model.encode(self._inputs(images))
             logits = self.model.refine(feats, feats, cams, cams, steps or self.steps, with_support=False)[0]
         return self._collect([logits], cams, images, sizes)
@@ -144,7 +157,7 @@ class Predictor:
             w, h = sizes[b] if sizes else image.size
             step_masks, prob = [], None
             for step in range(len(per_support[0])):
-                logits = torch.cat([upsample_logits(s[step][b:b + 1], (h, w)) for s in per_support])
+                logits = torch.cat([upsample_logits(s[step][b:b + 1].float(), (h, w)) for s in per_support])
                 step_masks.append(vote(logits.argmax(dim=1)[None])[0].bool().cpu().numpy())
                 prob = logits.softmax(dim=1)[:, 1].mean(dim=0)
             out.append(Prediction(step_masks[-1], prob.float().cpu().numpy(),

@@ -33,3 +33,30 @@ def recipe_clip():
 
     model = open_clip.create_model("RN50-quickgelu", pretrained=None)
     return openai_fp16_round_trip(apply_recipe(model))
+
+
+@pytest.fixture(scope="session")
+def recipe_weight_files(recipe_net, tmp_path_factory):
+    """An authors'-format best_model.pt and a CLIP state dict file, both recipe weights,
+    for the commands' --weights / --clip-weights."""
+    import open_clip
+    import torch
+
+    from imrseg.recipe import apply_recipe
+
+    folder = tmp_path_factory.mktemp("weights")
+    net_file, clip_file = folder / "best_model.pt", folder / "clip_rn50.pt"
+    torch.save({f"module.{k}": v for k, v in recipe_net.state_dict().items()}, net_file)
+    torch.save(apply_recipe(open_clip.create_model("RN50-quickgelu", pretrained=None)).state_dict(), clip_file)
+    return {"weights": str(net_file), "clip": str(clip_file)}
+
+
+def write_image(path: Path, size=(64, 48), seed: int = 0, **save_options) -> Path:
+    """A random RGB picture of `size` (W, H)."""
+    import numpy as np
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(path, **save_options)
+    return path

@@ -2,13 +2,34 @@
 so `imrseg --help` and shell completion stay fast."""
 from __future__ import annotations
 
+import os
 import sys
+import warnings
 
 import typer
+from typer.core import TyperGroup
 
 from ..errors import ImrsegError
 
+EXIT_INPUT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_INTERNAL = 3
+EXIT_INTERRUPTED = 130
+
+
+class _Commands(TyperGroup):
+    """Every command's ImrsegError becomes one line on stderr and exit status 2."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except ImrsegError as exc:
+            typer.echo(f"imrseg: error: {exc}", err=True)
+            raise typer.Exit(EXIT_USAGE) from None
+
+
 app = typer.Typer(
+    cls=_Commands,
     name="imrseg",
     help="Segment objects from a few example images and a label text (IMR-HSNet + CLIP Grad-CAM).",
     no_args_is_help=True,
@@ -16,28 +37,22 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-EXIT_INPUT_FAILED = 1
-EXIT_USAGE = 2
-EXIT_INTERRUPTED = 130
-
-
-def fail(message: str) -> "typer.Exit":
-    """Print a one-line error on stderr and return the exit to raise."""
-    typer.echo(f"imrseg: error: {message}", err=True)
-    return typer.Exit(EXIT_USAGE)
-
-
 def _register() -> None:
     from . import commands  # noqa: F401  (registers the commands on `app`)
 
 
 def main() -> None:
     _register()
+    # Damaged metadata in users' images is reported per file; Pillow's warnings add nothing.
+    warnings.filterwarnings("ignore", category=UserWarning, module="PIL")
     try:
         app()
-    except ImrsegError as exc:
-        typer.echo(f"imrseg: error: {exc}", err=True)
-        sys.exit(EXIT_USAGE)
     except KeyboardInterrupt:
         typer.echo("imrseg: interrupted", err=True)
         sys.exit(EXIT_INTERRUPTED)
+    except Exception as exc:
+        if os.environ.get("IMRSEG_DEBUG"):
+            raise
+        typer.echo(f"imrseg: internal error: {type(exc).__name__}: {exc} "
+                   "(set IMRSEG_DEBUG=1 to see the traceback)", err=True)
+        sys.exit(EXIT_INTERNAL)

@@ -1,0 +1,256 @@
+"""`imrseg eval`: the paper's PASCAL-5i / COCO-20i evaluation, one command per fold
+(or all four). torch and the models are imported inside the command."""
+from __future__ import annotations
+
+import json
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ..errors import InputError
+from . import app
+from .options import BatchSizeOption, ClipWeightsOption, DeviceOption, HubNamespaceOption, StepsOption, WeightsOption
+
+FOLDS = ("0", "1", "2", "3", "all")
+
+
+class Benchmark(str, Enum):
+    pascal = "pascal"
+    coco = "coco"
+
+
+class Method(str, Enum):
+    imr = "imr"
+    cam = "cam"
+
+
+class Backbone(str, Enum):
+    resnet50 = "resnet50"
+    vgg16 = "vgg16"
+
+
+def _folds(fold: str) -> list[int]:
+    if fold not in FOLDS:
+        raise InputError(f"--fold must be one of {', '.join(FOLDS)}, not {fold!r}")
+    return [0, 1, 2, 3] if fold == "all" else [int(fold)]
+
+
+def _paper_miou(backbone: str, settings) -> float | None:
+    """The paper's 1-shot figure for this fold and backbone, from the weights
+    registry; None for settings it records no figure for (other shots, methods,
+    steps or resolution)."""
+    from ..hub import load_registry
+
+    if settings.shots != 1 or settings.method != "imr" or settings.zero_shot or settings.original_size:
+        return None
+    entry = load_registry().find(backbone, settings.benchmark, settings.fold)
+    return entry.paper_miou if entry and entry.steps == settings.steps else None
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+@app.command("eval")
+def eval_command(
+    benchmark: Annotated[Benchmark, typer.Option("--benchmark", help="pascal (PASCAL-5i) or coco (COCO-20i).")],
+    fold: Annotated[str, typer.Option("--fold", metavar="0|1|2|3|all", help="Test fold, or all four.")],
+    data_root: Annotated[Path, typer.Option(
+        "--data-root", metavar="DIR",
+        help="Folder holding VOC2012/ (JPEGImages, SegmentationClassAug) or COCO2014/ (train2014, val2014, "
+             "annotations/) in HSNet's layout.")],
+    splits: Annotated[Optional[Path], typer.Option(
+        "--splits", metavar="DIR",
+        help="HSNet's data/splits folder; default: the official lists, downloaded once (pinned by sha256).")] = None,
+    shots: Annotated[int, typer.Option("--shots", min=1, help="Supports per episode (the paper: 1 or 5).")] = 1,
+    episodes: Annotated[int, typer.Option("--episodes", min=1, help="Episodes per fold.")] = 1000,
+    seed: Annotated[int, typer.Option("--seed", min=0, help="numpy seed of the episode draw.")] = 0,
+    steps: StepsOption = None,
+    weights: WeightsOption = None,
+    clip_weights: ClipWeightsOption = None,
+    namespace: HubNamespaceOption = None,
+    backbone: Annotated[Backbone, typer.Option(
+        "--backbone", help="Backbone of the registry checkpoints (when --weights is not given).")] = Backbone.resnet50,
+    method: Annotated[Method, typer.Option(
+        "--method", help="imr: the network; cam: the CLIP-CAM alone thresholded at 0.5.")] = Method.imr,
+    zero_shot: Annotated[bool, typer.Option(
+        "--zero-shot", help="Each query is its own support (no support images).")] = False,
+    original_size: Annotated[bool, typer.Option(
+        "--original-size", help="Score at each query's original resolution instead of 400x400.")] = False,
+    device: DeviceOption = "auto",
+    batch_size: BatchSizeOption = None,
+    report: Annotated[Optional[Path], typer.Option(
+        "--report", metavar="FILE.json", help="Write the results as JSON.")] = None,
+    no_cache: Annotated[bool, typer.Option(
+        "--no-cache", help="Neither read nor write the CLIP-CAM disk cache.")] = False,
+) -> None:
+    """Evaluate on PASCAL-5i or COCO-20i as the authors' test script does.
+
+    Same episodes, metrics and resolution; an interrupted run resumes when
+    started again with the same arguments. Without --weights each fold uses
+    its own registry checkpoint; with it, every fold uses those weights."""
+    from ..data import BenchmarkData, cache_root, load_split
+
+    folds = _folds(fold)
+    if zero_shot and method is Method.cam:
+        raise InputError("--zero-shot and --method cam exclude each other (cam uses no network)")
+    data = BenchmarkData.open(benchmark.value, data_root)
+    split_list = [load_split(benchmark.value, f, splits) for f in folds]
+    for split in split_list:
+        if not split.official:
+            typer.echo(f"imrseg: note: {split.path} is not HSNet's official {benchmark.value} fold {split.fold} "
+                       "list, so the episodes differ from the authors'", err=True)
+
+    from rich.console import Console
+
+    from ..cam import ClipCAM
+    from ..classes import BENCHMARK_CLASSES
+    from ..evaluation import CamSource, EvalSettings, RunState, file_digest
+    from ..devices import resolve_device
+    from ..hub import DEFAULT_STEPS, load_registry, resolve_clip, resolve_weights
+
+    torch_device = resolve_device(device)
+    console = Console()
+    clip_model, tokenizer, clip_info = resolve_clip(clip_weights, device=torch_device)
+    clip_id = f"{clip_info.model_name}:{file_digest(Path(clip_info.path))}"
+    cam = ClipCAM(clip_model, tokenizer, mode="official", device=torch_device)
+    # The authors' vocabulary: the benchmark's own class list, "a photo of a {c}".
+    cams = CamSource(cam, BENCHMARK_CLASSES[benchmark.value], clip_id, None if no_cache else cache_root())
+
+    model = info = None
+    results = []
+    for split in split_list:
+        if method is Method.imr and (info is None or weights is None):
+            spec = weights
+            if spec is None:
+                entry = load_registry().find(backbone.value, benchmark.value, split.fold)
+                if entry is None:
+                    raise InputError(f"no registry checkpoint for {backbone.value} {benchmark.value} "
+                                     f"fold {split.fold}; pass --weights")
+                spec = entry.name
+            model, info = resolve_weights(spec, namespace, device=torch_device)
+        if info is not None and info.benchmark is not None and (info.benchmark, info.fold) != (benchmark.value,
+                                                                                               split.fold):
+            typer.echo(f"imrseg: warning: {info.spec} was trained for {info.benchmark} fold {info.fold}; "
+                       f"its test classes are not {benchmark.value} fold {split.fold}'s", err=True)
+        default_steps = model.steps if model is not None and model.benchmark else DEFAULT_STEPS[benchmark.value]
+        settings = EvalSettings(benchmark.value, split.fold, shots, episodes, seed,
+                                default_steps if steps is None else steps, method.value, zero_shot, original_size,
+                                batch_size or (2 if torch_device.type == "cpu" else 8))
+        setting = settings.state_setting(split, data.root, info.sha256 if info else None, clip_id, cam.mode)
+        state = RunState(cache_root() / "eval" / f"{RunState.key(setting)}.jsonl", setting)
+        try:
+            result = _run_fold(settings, split, data, model, cams, state, torch_device)
+        except KeyboardInterrupt:
+            typer.echo(f"imrseg: {len(state.rows)} episodes of fold {split.fold} are saved; "
+                       "run the same command again to continue", err=True)
+            raise
+        finally:
+            state.close()
+        paper = _paper_miou(info.backbone if info else backbone.value, settings)
+        result.extra.update({
+            "weights": {"name": info.name or info.spec, "sha256": info.sha256} if info else None,
+            "clip_weights": {"name": clip_info.spec, "id": clip_id},
+            "split": {"path": str(split.path), "sha256": split.sha256, "official": split.official},
+            "paper_miou": paper})
+        results.append(result)
+        _print_fold(console, result, paper)
+    if len(results) > 1:
+        _print_row(console, results)
+    if report is not None:
+        _write_report(report, results)
+
+
+def _run_fold(settings, split, data, model, cams, state, device):
+    from rich.console import Console
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                               TimeRemainingColumn)
+
+    from ..evaluation import evaluate
+
+    label = f"{settings.benchmark} fold {settings.fold}"
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("mIoU {task.fields[miou]:5.1f}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                  console=Console(stderr=True)) as progress:
+        task = progress.add_task(label, total=settings.episodes, miou=0.0)
+
+        def on_episode(done: int, total: int, meter) -> None:
+            progress.update(task, completed=done, miou=meter.miou)
+
+        result = evaluate(settings, split, data, model, cams, state, device, on_episode)
+    if result.resumed:
+        typer.echo(f"imrseg: {result.resumed} of {result.episodes} episodes taken from the saved state "
+                   f"{state.path}", err=True)
+    return result
+
+
+def _print_fold(console, result, paper: float | None) -> None:
+    from rich.table import Table
+
+    from ..hub import BENCHMARK_TITLES
+
+    s = result.settings
+    mode = "zero-shot" if s.zero_shot else f"{s.shots}-shot"
+    what = "CLIP-CAM >= 0.5" if s.method == "cam" else f"IMR-HSNet, {s.steps} steps"
+    console.print(f"[bold]{BENCHMARK_TITLES[s.benchmark]} fold {s.fold}[/bold]: {mode}, {what}, "
+                  f"{result.episodes} episode{'s' if result.episodes != 1 else ''}, {result.seconds:.0f} s")
+    table = Table()
+    table.add_column("class")
+    table.add_column("IoU (%)", justify="right")
+    for name, iou in result.per_class.items():
+        table.add_row(name, f"{iou:.1f}")
+    table.add_section()
+    table.add_row("mIoU", f"[bold]{result.miou:.1f}[/bold]")
+    table.add_row("FB-IoU", f"{result.fb_iou:.1f}")
+    if paper is not None:
+        table.add_row("paper mIoU", f"{paper:.1f} ({result.miou - paper:+.1f})")
+    console.print(table)
+
+
+def _print_row(console, results) -> None:
+    from rich.table import Table
+
+    ours = [r.miou for r in results]
+    papers = [r.extra["paper_miou"] for r in results]
+    known = all(p is not None for p in papers)
+    console.print("[bold]mIoU (%) per fold[/bold], as in the paper's tables")
+    table = Table()
+    table.add_column("")
+    for r in results:
+        table.add_column(f"fold {r.settings.fold}", justify="right")
+    table.add_column("mean", justify="right")
+    table.add_row("imrseg", *[_fmt(v) for v in ours], _fmt(sum(ours) / len(ours)))
+    table.add_row("paper", *[_fmt(p) for p in papers], _fmt(sum(papers) / len(papers) if known else None))
+    if any(p is not None for p in papers):
+        diffs = [None if p is None else o - p for o, p in zip(ours, papers)]
+        mean_diff = sum(ours) / len(ours) - sum(papers) / len(papers) if known else None
+        table.add_row("difference", *[f"{d:+.1f}" if d is not None else "-" for d in diffs],
+                      f"{mean_diff:+.1f}" if mean_diff is not None else "-")
+    fb = [r.fb_iou for r in results]
+    table.add_row("FB-IoU", *[_fmt(v) for v in fb], _fmt(sum(fb) / len(fb)))
+    console.print(table)
+
+
+def _write_report(path: Path, results) -> None:
+    from ..io import atomic_write_bytes
+
+    if len(results) == 1:
+        doc = results[0].to_dict()
+    else:
+        first = results[0].to_dict()
+        papers = [r.extra["paper_miou"] for r in results]
+        doc = {key: first[key] for key in ("benchmark", "shots", "steps", "episodes", "seed", "method",
+                                           "zero_shot", "original_size", "clip_weights")}
+        doc.update({
+            "fold": "all", "folds": [r.settings.fold for r in results],
+            "weights": [r.extra["weights"] for r in results],
+            "miou": sum(r.miou for r in results) / len(results),
+            "fb_iou": sum(r.fb_iou for r in results) / len(results),
+            "per_class": {name: iou for r in results for name, iou in r.per_class.items()},
+            "seconds": sum(r.seconds for r in results),
+            "paper_miou": sum(papers) / len(papers) if all(p is not None for p in papers) else None,
+            "per_fold": [r.to_dict() for r in results]})
+    atomic_write_bytes(path, (json.dumps(doc, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
+    typer.echo(f"report: {path}", err=True)

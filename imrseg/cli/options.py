@@ -1,0 +1,49 @@
+"""Options shared by several commands, defined once."""
+from __future__ import annotations
+
+from enum import Enum
+from typing import Annotated, Optional
+
+import typer
+
+
+class CamMode(str, Enum):
+    official = "official"
+    full = "full"
+
+
+class Precision(str, Enum):
+    fp32 = "fp32"
+    fp16 = "fp16"
+    bf16 = "bf16"
+
+
+WeightsOption = Annotated[Optional[str], typer.Option(
+    "--weights", "-w", metavar="SPEC",
+    help="IMR-HSNet weights: a registry name (see `imrseg weights list`), a Hub repo id (owner/name, @revision optional), "
+         "a local folder in the Hub layout, or an authors' best_model.pt.")]
+ClipWeightsOption = Annotated[Optional[str], typer.Option(
+    "--clip-weights", metavar="SPEC",
+    help="CLIP weights: open_clip MODEL:PRETRAINED (default RN50-quickgelu:openai, from the Hub), "
+         "a Hub repo id (owner/name, @revision optional) or a local file.")]
+HubNamespaceOption = Annotated[Optional[str], typer.Option(
+    "--hub-namespace", metavar="OWNER",
+    help="Hub user or organisation hosting the registry's checkpoints (default: $IMRSEG_HUB_NAMESPACE, "
+         "else the registry's own).")]
+DeviceOption = Annotated[str, typer.Option(
+    "--device", "-d", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps.")]
+PrecisionOption = Annotated[Precision, typer.Option(
+    "--precision", help="Network precision: fp32, or fp16/bf16 autocast (fp16 on GPU only).")]
+StepsOption = Annotated[Optional[int], typer.Option(
+    "--steps", "-n", help="Refinement steps (default: the checkpoint's, 2 for PASCAL, 3 for COCO).")]
+BatchSizeOption = Annotated[Optional[int], typer.Option(
+    "--batch-size", "-b", help="Queries per forward pass (default: 8 on GPU, 2 on CPU).")]
+CamModeOption = Annotated[CamMode, typer.Option(
+    "--cam-mode", help="CLIP-CAM preprocessing: official (centre crop, as the authors) or full "
+                       "(whole image, aligned with what the network sees).")]
+PromptOption = Annotated[str, typer.Option(
+    "--prompt-template", help="CLIP prompt, with {c} for the class name.")]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+QuietOption = Annotated[bool, typer.Option("--quiet", help="No progress bar or summary table.")]
+MaxPixelsOption = Annotated[Optional[int], typer.Option(
+    "--max-pixels", help="Largest image accepted, in pixels (decompression-bomb guard; default 178956970).")]

@@ -1,0 +1,151 @@
+"""`imrseg weights`: the registry of checkpoints, downloads, importing the authors'
+files and publishing them. torch and the Hub client are imported inside the commands."""
+from __future__ import annotations
+
+import json
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from . import app
+from .options import ClipWeightsOption, HubNamespaceOption, JsonOption
+
+weights_app = typer.Typer(
+    name="weights",
+    help="List, download, import and publish IMR-HSNet checkpoints (Hugging Face Hub).",
+    no_args_is_help=True,
+)
+app.add_typer(weights_app)
+
+
+class Benchmark(str, Enum):
+    pascal = "pascal"
+    coco = "coco"
+
+
+def _console():
+    from rich.console import Console
+
+    return Console(markup=False)  # paths and names are shown as they are
+
+
+def _table(title: str, rows) -> None:
+    from rich.table import Table
+
+    table = Table(title=title, show_header=False)
+    table.add_column(style="bold")
+    table.add_column(overflow="fold")
+    for key, value in rows:
+        table.add_row(key, value)
+    _console().print(table)
+
+
+@weights_app.command("list")
+def list_weights(namespace: HubNamespaceOption = None, as_json: JsonOption = False) -> None:
+    """The registry of official checkpoints, marking those already in the cache."""
+    from dataclasses import asdict
+
+    from rich.table import Table
+
+    from ..hub import BENCHMARK_TITLES, is_cached, load_registry
+
+    rows = []
+    for entry in load_registry().entries.values():
+        repo_id, revision = entry.location(namespace)
+        rows.append({**asdict(entry), "repo_id": repo_id, "revision": revision,
+                     "cached": is_cached(entry, namespace)})
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    table = Table(title="IMR-HSNet checkpoints (1-shot mIoU: the paper's figure for the fold)")
+    for column in ("name", "backbone", "benchmark", "fold", "steps", "1-shot mIoU", "Hub repo", "cached"):
+        table.add_column(column, no_wrap=column in ("name", "Hub repo"))
+    for row in rows:
+        miou = f"{row['paper_miou']:.1f}" if row["paper_miou"] is not None else "-"
+        table.add_row(row["name"], row["backbone"], BENCHMARK_TITLES[row["benchmark"]], str(row["fold"]),
+                      str(row["steps"]), miou, f"{row['repo_id']}@{row['revision']}",
+                      "yes" if row["cached"] else "-")
+    _console().print(table)
+
+
+@weights_app.command("download")
+def download(
+    names: Annotated[Optional[list[str]], typer.Argument(
+        metavar="NAME", help="Registry names or Hub repo ids (owner/name, @revision optional); none: only "
+                          "the CLIP weights.",
+        show_default=False)] = None,
+    all_entries: Annotated[bool, typer.Option("--all", help="Every registry entry.")] = False,
+    clip_weights: ClipWeightsOption = None,
+    namespace: HubNamespaceOption = None,
+) -> None:
+    """Fetch checkpoints, and always the CLIP weights, into the Hugging Face cache (for offline use)."""
+    from ..errors import InputError
+    from ..hub import fetch_clip, fetch_weights, load_registry, locate_clip, locate_weights
+
+    if all_entries and names:
+        raise InputError("pass checkpoint names or --all, not both")
+    for spec in list(load_registry().entries) if all_entries else names or []:
+        files = fetch_weights(locate_weights(spec, namespace))
+        typer.echo(f"{spec}: {files.weights} (sha256 {files.sha256})")
+    clip = locate_clip(clip_weights)
+    typer.echo(f"CLIP {clip.spec}: {fetch_clip(clip)[0]}")
+
+
+@weights_app.command("import")
+def import_checkpoint(
+    checkpoint: Annotated[Path, typer.Argument(help="The authors' best_model.pt.", show_default=False)],
+    out: Annotated[Path, typer.Option("--out", help="Folder to write (config.json, model.safetensors, "
+                                                    "README.md).", show_default=False)],
+    benchmark: Annotated[Optional[Benchmark], typer.Option(help="Benchmark it was trained on.")] = None,
+    fold: Annotated[Optional[int], typer.Option(min=0, max=3, help="Its test fold (needs --benchmark).")] = None,
+) -> None:
+    """Convert an authors' best_model.pt to the Hub layout; nothing pickled is written."""
+    from ..hub import import_official
+
+    info = import_official(checkpoint, out, benchmark.value if benchmark else None, fold)
+    typer.echo(f"{out}: {info.backbone}, benchmark {info.benchmark or 'unknown'}, "
+               f"fold {'unknown' if info.fold is None else info.fold}, {info.steps} refinement steps")
+    typer.echo(f"sha256 {info.sha256}  {Path(info.path).name}")
+
+
+@weights_app.command("push")
+def push(
+    folder: Annotated[Path, typer.Argument(help="A folder written by `imrseg weights import`.",
+                                           show_default=False)],
+    repo_id: Annotated[str, typer.Argument(metavar="REPO_ID", help="owner/name on the Hub.", show_default=False)],
+    private: Annotated[bool, typer.Option("--private", help="Create the repository private.")] = False,
+) -> None:
+    """Publish a converted folder to the Hub with a generated model card."""
+    from ..hub import push_folder
+
+    url, commit, sha256 = push_folder(folder, repo_id, private=private)
+    typer.echo(f"published {url}")
+    typer.echo(f"registry entry: \"repo_id\": \"{repo_id}\", \"revision\": \"{commit}\", \"sha256\": \"{sha256}\"")
+
+
+@weights_app.command("info")
+def info(
+    spec: Annotated[Optional[str], typer.Argument(
+        metavar="SPEC", help="Registry name, Hub repo id (owner/name, @revision optional), Hub-layout folder "
+                             "or best_model.pt (default: the default checkpoint).", show_default=False)] = None,
+    namespace: HubNamespaceOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Resolve and load a --weights spec, and say what it is and where it came from."""
+    from ..hub import BENCHMARK_TITLES, resolve_weights
+
+    _, found = resolve_weights(spec, namespace)
+    if as_json:
+        typer.echo(json.dumps(found.to_dict(), indent=2))
+        return
+    rows = [("spec", found.spec), ("kind", found.kind), ("backbone", found.backbone),
+            ("benchmark", BENCHMARK_TITLES.get(found.benchmark, "unknown")),
+            ("fold", "unknown" if found.fold is None else str(found.fold)),
+            ("refinement steps", str(found.steps)),
+            ("classes", ", ".join(found.class_names) if found.class_names else "unknown"),
+            ("parameters", f"{found.parameters:,}"),
+            ("paper 1-shot mIoU", "-" if found.paper_miou is None else f"{found.paper_miou:.1f}"),
+            ("sha256", found.sha256), ("from", found.origin())]
+    _table("IMR-HSNet weights", rows)

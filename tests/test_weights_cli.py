@@ -1,0 +1,146 @@
+"""`imrseg weights ...` end to end, in process, against the fake Hub of test_hub."""
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import pytest
+from huggingface_hub import HfApi
+
+from imrseg import hub
+from imrseg.cli import main
+from test_hub import DRIVE, NAME, REPO, converted, fake_hub, isolated_hf, same_weights, tiny_clip_repo  # noqa: F401
+
+TINY_CLIP = "someone/tiny-clip"
+
+
+@pytest.fixture
+def cli(monkeypatch, capsys):
+    """Run `imrseg ARGS...` as the console script does; (exit code, stdout, stderr)."""
+
+    def run(*args):
+        monkeypatch.setattr(sys, "argv", ["imrseg", *map(str, args)])
+        with pytest.raises(SystemExit) as exit_:
+            main()
+        out, err = capsys.readouterr()
+        return SimpleNamespace(code=exit_.value.code, out=out, err=err)
+
+    return run
+
+
+def test_list_shows_the_registry(cli, monkeypatch):
+    rows = json.loads(cli("weights", "list", "--json").out)
+    assert [r["name"] for r in rows] == list(hub.load_registry().entries)
+    assert rows[0] == {"name": NAME, "backbone": "resnet50", "benchmark": "pascal", "fold": 0, "steps": 2,
+                       "paper_miou": 62.6, "repo_id": REPO, "revision": "main", "filename": "model.safetensors",
+                       "sha256": "", "source": DRIVE, "cached": False}
+    monkeypatch.setenv("COLUMNS", "200")
+    table = cli("weights", "list", "--hub-namespace", "lab").out
+    assert all(name in table for name in hub.load_registry().entries)
+    assert f"lab/{NAME}@main" in table and "COCO-20i" in table and "62.6" in table
+
+
+def test_download_fetches_weights_and_clip_then_list_marks_them(cli, fake_hub, converted):
+    fake_hub.publish(REPO, converted.files)
+    fake_hub.publish(TINY_CLIP, tiny_clip_repo())
+    result = cli("weights", "download", NAME, "--clip-weights", TINY_CLIP)
+    assert result.code == 0
+    assert f"{NAME}: " in result.out and f"sha256 {converted.sha256}" in result.out
+    assert f"CLIP {TINY_CLIP}: " in result.out and hub.CLIP_WEIGHTS_FILE in result.out
+    assert "model.safetensors" in result.err  # the progress bar, on stderr
+    rows = json.loads(cli("weights", "list", "--json").out)
+    assert [r["name"] for r in rows if r["cached"]] == [NAME]
+
+
+def test_download_all(cli, fake_hub):
+    fake_hub.publish(TINY_CLIP, tiny_clip_repo())
+    for entry in hub.load_registry().entries.values():  # downloading does not load, so any bytes do
+        config = hub.checkpoint_config(entry.backbone, entry.benchmark, entry.fold)
+        fake_hub.publish(entry.repo_id, {hub.CONFIG_FILE: json.dumps(config).encode(), hub.WEIGHTS_FILE: b"w"})
+    result = cli("weights", "download", "--all", "--clip-weights", TINY_CLIP)
+    assert result.code == 0 and len(result.out.splitlines()) == 17
+    assert all(r["cached"] for r in json.loads(cli("weights", "list", "--json").out))
+    result = cli("weights", "download", NAME, "--all")
+    assert result.code == 2 and "not both" in result.err
+
+
+def test_download_without_names_fetches_only_clip(cli, fake_hub):
+    fake_hub.publish(TINY_CLIP, tiny_clip_repo())
+    result = cli("weights", "download", "--clip-weights", TINY_CLIP)
+    assert result.code == 0 and result.out.startswith(f"CLIP {TINY_CLIP}: ")
+    assert not any(r["cached"] for r in json.loads(cli("weights", "list", "--json").out))
+
+
+def test_import_info_load_round_trip_is_bit_exact(cli, converted, tmp_path):
+    out = tmp_path / "converted"
+    result = cli("weights", "import", converted.pt, "--out", out, "--benchmark", "pascal", "--fold", "0")
+    assert result.code == 0
+    weights_sha = hashlib.sha256((out / hub.WEIGHTS_FILE).read_bytes()).hexdigest()
+    assert f"sha256 {weights_sha}" in result.out and weights_sha == converted.sha256
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "model.safetensors"]
+
+    info = json.loads(cli("weights", "info", out, "--json").out)
+    assert {k: info[k] for k in ("kind", "backbone", "benchmark", "fold", "steps", "sha256", "paper_miou")} == {
+        "kind": "folder", "backbone": "resnet50", "benchmark": "pascal", "fold": 0, "steps": 2,
+        "sha256": weights_sha, "paper_miou": 62.6}
+    assert info["class_names"] == ["aeroplane", "bicycle", "bird", "boat", "bottle"]
+    assert info["path"] == str(out / hub.WEIGHTS_FILE)
+
+    model, _ = hub.resolve_weights(str(out))
+    assert same_weights(model, converted.state_dict)
+
+
+def test_import_without_a_fold_and_info_as_a_table(cli, converted, tmp_path, monkeypatch):
+    out = tmp_path / "plain"
+    assert cli("weights", "import", converted.pt, "--out", out).code == 0
+    assert json.loads((out / hub.CONFIG_FILE).read_text()) == {
+        "backbone": "resnet50", "benchmark": None, "fold": None, "steps": 2, "class_names": None}
+    result = cli("weights", "import", converted.pt, "--out", tmp_path / "x", "--fold", "1")
+    assert result.code == 2 and "needs a benchmark" in result.err
+    monkeypatch.setenv("COLUMNS", "200")
+    table = cli("weights", "info", converted.pt).out
+    assert "official" in table and "resnet50" in table and hashlib.sha256(converted.pt.read_bytes()).hexdigest() in table
+
+
+def test_errors_are_one_line(cli, fake_hub, monkeypatch):
+    result = cli("weights", "info", "imr-hsnet-vgg16-coco-fold9")
+    assert result.code == 2 and result.out == ""
+    assert result.err.startswith("imrseg: error: imr-hsnet-vgg16-coco-fold9: not a registry name")
+    assert "imr-hsnet-vgg16-coco-fold" in result.err and len(result.err.splitlines()) == 1
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    result = cli("weights", "info", NAME)
+    assert result.code == 2 and f"run `imrseg weights download {NAME}`" in result.err
+    assert fake_hub.requests == []
+
+
+def test_push_publishes_the_folder_with_a_model_card(cli, converted, monkeypatch):
+    calls = {}
+
+    def create_repo(self, repo_id, **options):
+        calls["repo"] = (repo_id, options)
+
+    def create_commit(self, repo_id, operations, commit_message, **options):
+        calls["operations"] = {op.path_in_repo: op.path_or_fileobj for op in operations}
+        return SimpleNamespace(commit_url=f"{self.endpoint}/{repo_id}/commit/{'a' * 40}", oid="a" * 40)
+
+    monkeypatch.setattr(HfApi, "create_repo", create_repo)
+    monkeypatch.setattr(HfApi, "create_commit", create_commit)
+    result = cli("weights", "push", converted.folder, "lab/imr-hsnet", "--private")
+    assert result.code == 0, result.err
+    assert calls["repo"] == ("lab/imr-hsnet", {"private": True, "exist_ok": True})
+    ops = calls["operations"]
+    assert ops["config.json"] == str(converted.folder / "config.json")
+    assert ops["model.safetensors"] == str(converted.folder / "model.safetensors")
+    card = ops["README.md"].decode()
+    for expected in (DRIVE, "arXiv:2303.05646", "aeroplane, bicycle, bird, boat, bottle", "62.6 (Table 1",
+                     converted.sha256, 'IMRHSNet.from_pretrained("lab/imr-hsnet")'):
+        assert expected in card
+    assert f'"revision": "{"a" * 40}", "sha256": "{converted.sha256}"' in result.out
+
+
+def test_the_weights_commands_load_without_torch():
+    code = "import sys, imrseg.cli.weights; sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
