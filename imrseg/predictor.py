@@ -47,6 +47,7 @@ class Prediction:
     prob: np.ndarray  # (H, W) float32 foreground probability (mean over the supports)
     cam: np.ndarray  # (50, 50) float32 CLIP-CAM of the query
     step_masks: list = field(default_factory=list)  # (H, W) bool after each step
+    logits: np.ndarray | None = None  # (K, 2, 100, 100) the network's last-step logits per support
 
     @property
     def foreground_fraction(self) -> float:
@@ -160,6 +161,7 @@ class Predictor:
                 logits = torch.cat([upsample_logits(s[step][b:b + 1].float(), (h, w)) for s in per_support])
                 step_masks.append(vote(logits.argmax(dim=1)[None])[0].bool().cpu().numpy())
                 prob = logits.softmax(dim=1)[:, 1].mean(dim=0)
+            last = torch.cat([s[-1][b:b + 1] for s in per_support]).float().cpu().numpy()
             out.append(Prediction(step_masks[-1], prob.float().cpu().numpy(),
-                                  cams[b].float().cpu().numpy(), step_masks))
+                                  cams[b].float().cpu().numpy(), step_masks, last))
         return out

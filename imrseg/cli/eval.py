@@ -107,12 +107,15 @@ def eval_command(
 
     from ..cam import ClipCAM
     from ..classes import BENCHMARK_CLASSES
-    from ..evaluation import CamSource, EvalSettings, RunState, file_digest
     from ..devices import resolve_device
+    from ..evaluation import CamSource, EvalSettings, RunState, file_digest
     from ..hub import DEFAULT_STEPS, load_registry, resolve_clip, resolve_weights
 
-    torch_device = resolve_device(device)
-    console = Console()
+    from ..distributed import current_shard, start, stop
+
+    shard = current_shard()
+    torch_device = start(shard, resolve_device(device))
+    console = Console(quiet=not shard.is_main)
     clip_model, tokenizer, clip_info = resolve_clip(clip_weights, device=torch_device)
     clip_id = f"{clip_info.model_name}:{file_digest(Path(clip_info.path))}"
     cam = ClipCAM(clip_model, tokenizer, mode="official", device=torch_device)
@@ -140,15 +143,19 @@ def eval_command(
                                 default_steps if steps is None else steps, method.value, zero_shot, original_size,
                                 batch_size or (2 if torch_device.type == "cpu" else 8))
         setting = settings.state_setting(split, data.root, info.sha256 if info else None, clip_id, cam.mode)
-        state = RunState(cache_root() / "eval" / f"{RunState.key(setting)}.jsonl", setting)
+        # Ranks of a distributed run share no state file: such a run is not resumable.
+        state = None if shard.distributed else RunState(cache_root() / "eval" / f"{RunState.key(setting)}.jsonl",
+                                                        setting)
         try:
-            result = _run_fold(settings, split, data, model, cams, state, torch_device)
+            result = _run_fold(settings, split, data, model, cams, state, torch_device, shard)
         except KeyboardInterrupt:
-            typer.echo(f"imrseg: {len(state.rows)} episodes of fold {split.fold} are saved; "
-                       "run the same command again to continue", err=True)
+            if state is not None:
+                typer.echo(f"imrseg: {len(state.rows)} episodes of fold {split.fold} are saved; "
+                           "run the same command again to continue", err=True)
             raise
         finally:
-            state.close()
+            if state is not None:
+                state.close()
         paper = _paper_miou(info.backbone if info else backbone.value, settings)
         result.extra.update({
             "weights": {"name": info.name or info.spec, "sha256": info.sha256} if info else None,
@@ -157,13 +164,14 @@ def eval_command(
             "paper_miou": paper})
         results.append(result)
         _print_fold(console, result, paper)
+    stop(shard)
     if len(results) > 1:
         _print_row(console, results)
-    if report is not None:
+    if report is not None and shard.is_main:
         _write_report(report, results)
 
 
-def _run_fold(settings, split, data, model, cams, state, device):
+def _run_fold(settings, split, data, model, cams, state, device, shard):
     from rich.console import Console
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
                                TimeRemainingColumn)
@@ -173,13 +181,13 @@ def _run_fold(settings, split, data, model, cams, state, device):
     label = f"{settings.benchmark} fold {settings.fold}"
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("mIoU {task.fields[miou]:5.1f}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                  console=Console(stderr=True)) as progress:
+                  console=Console(stderr=True), disable=not shard.is_main) as progress:
         task = progress.add_task(label, total=settings.episodes, miou=0.0)
 
         def on_episode(done: int, total: int, meter) -> None:
             progress.update(task, completed=done, miou=meter.miou)
 
-        result = evaluate(settings, split, data, model, cams, state, device, on_episode)
+        result = evaluate(settings, split, data, model, cams, state, device, on_episode, shard)
     if result.resumed:
         typer.echo(f"imrseg: {result.resumed} of {result.episodes} episodes taken from the saved state "
                    f"{state.path}", err=True)

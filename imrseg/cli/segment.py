@@ -260,6 +260,8 @@ def _report(summary, quiet: bool, as_json: bool, out: Path) -> None:
     data = {**summary.to_dict(), "results": str(out / RESULTS_FILE)}
     if as_json:
         typer.echo(json.dumps(data))
+    if summary.interrupted:  # said even with --quiet: the run is not finished
+        typer.echo("imrseg: interrupted: run the same command again to finish the rest", err=True)
     if quiet:
         return
     from rich.console import Console
@@ -273,9 +275,7 @@ def _report(summary, quiet: bool, as_json: bool, out: Path) -> None:
                   "-" if fg is None else f"{fg:.1%}", "-" if sec is None else f"{sec:.2f}")
     console = Console(stderr=True)
     console.print(table)
-    if summary.interrupted:
-        console.print("interrupted: run the same command again to finish the rest", markup=False)
-    elif summary.failed:
+    if summary.failed:
         console.print(f"{summary.failed} input(s) failed; see the errors above and {out / RESULTS_FILE}",
                       markup=False)
 

@@ -41,10 +41,10 @@ class StageFeatures:
 
 
 def stage_cosine(query: StageFeatures, support: StageFeatures) -> torch.Tensor:
-    """relu(cosine) of every query position against every support position,
-    laid out (B, Nq, L, Ns): the order the 4D convolution reads it in."""
+    """relu(cosine) of every query position against every support position, laid out
+    (B, Nq, Ns, L): channels innermost, as the 4D convolutions read it."""
     cos = torch.matmul(query.unit, support.unit.transpose(-1, -2)).clamp_(min=0)
-    return cos.transpose(1, 2).contiguous()
+    return cos.permute(0, 2, 3, 1).contiguous()
 
 
 def resize_mask(mask: torch.Tensor, size) -> torch.Tensor:
@@ -59,17 +59,21 @@ def mask_factor(stage: StageFeatures, mask: torch.Tensor) -> torch.Tensor:
 
 
 def masked_correlation(cosine: torch.Tensor, query_factor: torch.Tensor, support_factor: torch.Tensor,
-                       query_size, support_size, transpose: bool = False) -> torch.Tensor:
-    """One stage of the correlation pyramid, query-major (B, hq, wq, L, hs, ws); with
-    `transpose` the support plays the query: (B, hs, ws, L, hq, wq)."""
-    bsz, nq, layers, ns = cosine.shape
-    q = query_factor.transpose(1, 2).unsqueeze(-1)  # (B, Nq, L, 1)
-    s = support_factor.unsqueeze(1)  # (B, 1, L, Ns)
+                       query_size, support_size, transpose: bool = False,
+                       out: torch.Tensor | None = None) -> torch.Tensor:
+    """One stage of the correlation pyramid, (B, hq, wq, hs, ws, L); with `transpose`
+    the support plays the query: (B, hs, ws, hq, wq, L). `out`, a tensor of as many
+    elements, is reused for the result (a fresh 100 MB buffer per step costs more
+    in page faults than the multiplication itself)."""
+    bsz, nq, ns, layers = cosine.shape
+    q = query_factor.transpose(1, 2).unsqueeze(2)  # (B, Nq, 1, L)
+    s = support_factor.transpose(1, 2).unsqueeze(1)  # (B, 1, Ns, L)
+    if out is None:
+        out = torch.empty(cosine.numel(), dtype=cosine.dtype, device=cosine.device)
     if transpose:
-        out = torch.empty(bsz, ns, layers, nq, dtype=cosine.dtype, device=cosine.device)
-        torch.mul(cosine.permute(0, 3, 2, 1), s.permute(0, 3, 2, 1), out=out)
-        out.mul_(q.permute(0, 3, 2, 1))
-        return out.view(bsz, *support_size, layers, *query_size)
-    out = torch.mul(cosine, q)
-    out.mul_(s)
-    return out.view(bsz, *query_size, layers, *support_size)
+        cosine, q, s = cosine.transpose(1, 2), s.transpose(1, 2), q.transpose(1, 2)
+        nq, ns, query_size, support_size = ns, nq, support_size, query_size
+    result = out.view(bsz, nq, ns, layers)
+    torch.mul(cosine, q, out=result)
+    result.mul_(s)
+    return result.view(bsz, *query_size, *support_size, layers)

@@ -23,7 +23,18 @@ def _gate_convs():
             nn.Conv2d(256, 64, kernel_size=3, padding=1, groups=8))
 
 
+# Input channels of the gates' 1x1 convolutions: [mask | encoded | mid | state].
+_MID = slice(1 + STATE_CHANNELS, 1 + STATE_CHANNELS + MID_CHANNELS)
+_STEP_CHANNELS = [*range(0, _MID.start), *range(_MID.stop, 1 + STATE_CHANNELS + MID_CHANNELS + STATE_CHANNELS)]
+
+
 class IterativeMutualRefinement(nn.Module):
+    """A 1x1 convolution of a concatenation is the sum of 1x1 convolutions of its
+    parts, so the mid feature's share of the three gates (two thirds of their input)
+    is computed once per image by `mid_gates`, and each step only convolves the
+    mask, the encoded correlation and the state. The z and r gates share their
+    input and run as one convolution pair."""
+
     def __init__(self):
         super().__init__()
         self.state = nn.Parameter(torch.zeros(1, STATE_CHANNELS, *STATE_SIZE))
@@ -40,21 +51,34 @@ class IterativeMutualRefinement(nn.Module):
     def initial_state(self, batch_size: int) -> torch.Tensor:
         return self.state.expand(batch_size, -1, -1, -1)
 
-    @staticmethod
-    def _gate(convs, x: torch.Tensor) -> torch.Tensor:
-        first, left, right = convs
-        y = first(x)
-        return torch.cat([left(y[:, :256]), right(y[:, 256:])], dim=1)
+    def mid_gates(self, mid: torch.Tensor) -> torch.Tensor:
+        """The mid feature's share of the z, r and h 1x1 convolutions, biases
+        included: (B, 3 x 512, 50, 50)."""
+        weight = torch.cat([c.weight[:, _MID] for c in (self.convz0, self.convr0, self.convh0)])
+        bias = torch.cat([self.convz0.bias, self.convr0.bias, self.convh0.bias])
+        return F.conv2d(mid, weight, bias)
 
-    def refine_step(self, encoded: torch.Tensor, mid: torch.Tensor, mask: torch.Tensor,
+    def _step_weights(self):
+        index = torch.tensor(_STEP_CHANNELS, device=self.state.device)
+        zr0 = torch.cat([self.convz0.weight, self.convr0.weight]).index_select(1, index)
+        h0 = self.convh0.weight.index_select(1, index)
+        zr1 = torch.cat([c.weight for c in (self.convz1, self.convz2, self.convr1, self.convr2)])
+        zr1_bias = torch.cat([c.bias for c in (self.convz1, self.convz2, self.convr1, self.convr2)])
+        h1 = torch.cat([self.convh1.weight, self.convh2.weight])
+        h1_bias = torch.cat([self.convh1.bias, self.convh2.bias])
+        return zr0, h0, zr1, zr1_bias, h1, h1_bias
+
+    def refine_step(self, encoded: torch.Tensor, mid_gates: torch.Tensor, mask: torch.Tensor,
                     state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One GRU update and decode. `mask` (B,1,50,50) is the CAM or the previous
         prediction; returns (logits (B,2,100,100), new state)."""
-        x = torch.cat([mask, encoded, mid, state], dim=1)
-        z = torch.sigmoid(self._gate((self.convz0, self.convz1, self.convz2), x))
-        r = torch.sigmoid(self._gate((self.convr0, self.convr1, self.convr2), x))
-        candidate = torch.tanh(self._gate((self.convh0, self.convh1, self.convh2),
-                                          torch.cat([mask, encoded, mid, r * state], dim=1)))
+        zr0, h0, zr1, zr1_bias, h1, h1_bias = self._step_weights()
+        halves = zr1.shape[0] // 64  # group convs of 8 groups (32 -> 8 channels), side by side
+        zr = F.conv2d(torch.cat([mask, encoded, state], dim=1), zr0) + mid_gates[:, :1024]
+        zr = torch.sigmoid(F.conv2d(zr, zr1, zr1_bias, padding=1, groups=8 * halves))
+        z, r = zr[:, :STATE_CHANNELS], zr[:, STATE_CHANNELS:]
+        h = F.conv2d(torch.cat([mask, encoded, r * state], dim=1), h0) + mid_gates[:, 1024:]
+        candidate = torch.tanh(F.conv2d(h, h1, h1_bias, padding=1, groups=16))
         state = (1 - z) * state + z * candidate
 
         decoded = self.decoder1(state + encoded)

@@ -23,14 +23,14 @@ class ImageFeatures:
     every pairing and every refinement step."""
 
     stages: list  # StageFeatures per correlation stage, deepest first
-    mid: torch.Tensor  # (B, 512, 50, 50)
+    mid_gates: torch.Tensor  # (B, 1536, 50, 50): the mid feature's share of the IMR gates
 
     @property
     def batch_size(self) -> int:
-        return self.mid.shape[0]
+        return self.mid_gates.shape[0]
 
     def index(self, idx) -> "ImageFeatures":
-        return ImageFeatures([s.index(idx) for s in self.stages], self.mid[idx])
+        return ImageFeatures([s.index(idx) for s in self.stages], self.mid_gates[idx])
 
 
 class IMRHSNet(IterativeMutualRefinement, PyTorchModelHubMixin,
@@ -67,7 +67,7 @@ class IMRHSNet(IterativeMutualRefinement, PyTorchModelHubMixin,
             mid = F.interpolate(sum(taps[slices[1]]), STATE_SIZE, mode="bilinear", align_corners=True)
         if hasattr(self, "conv1024_512"):
             mid = self.conv1024_512(mid)
-        return ImageFeatures(stages, mid)
+        return ImageFeatures(stages, self.mid_gates(mid))
 
     # -------------------------------------------------------------- refinement
     def refine(self, query: ImageFeatures, support: ImageFeatures, query_cam: torch.Tensor,
@@ -79,9 +79,10 @@ class IMRHSNet(IterativeMutualRefinement, PyTorchModelHubMixin,
         if steps < 1:
             raise ValueError(f"steps must be >= 1, got {steps}")
         bsz = query.batch_size
-        support_mid = support.mid.expand(bsz, -1, -1, -1)
+        support_mid = support.mid_gates.expand(bsz, -1, -1, -1)
         support_cam = support_cam.expand(bsz, -1, -1)
         cosines = [stage_cosine(q, s) for q, s in zip(query.stages, support.stages)]
+        buffers = [torch.empty(c.numel(), dtype=c.dtype, device=c.device) for c in cosines]
 
         # The authors mask the feature lists in place, so masks accumulate over the
         # steps and both sides of every correlation are masked; at the first step the
@@ -97,16 +98,16 @@ class IMRHSNet(IterativeMutualRefinement, PyTorchModelHubMixin,
             last = step == steps - 1
             q_factors = [mask_factor(s, m) for s, m in zip(query.stages, query_masks)]
             s_factors = [mask_factor(s, m) for s, m in zip(support.stages, support_masks)]
-            pyramid = [masked_correlation(c, qf, sf, q.size, s.size)
-                       for c, qf, sf, q, s in zip(cosines, q_factors, s_factors, query.stages, support.stages)]
-            q_logit, query_state = self.refine_step(self.hpn_learner(pyramid), query.mid,
+            pyramid = [masked_correlation(c, qf, sf, q.size, s.size, out=buf) for c, qf, sf, q, s, buf
+                       in zip(cosines, q_factors, s_factors, query.stages, support.stages, buffers)]
+            q_logit, query_state = self.refine_step(self.hpn_learner(pyramid), query.mid_gates,
                                                     query_prior, query_state)
             query_logits.append(q_logit)
             if last and not with_support:
                 support_logits.append(None)
                 break
-            pyramid = [masked_correlation(c, qf, sf, q.size, s.size, transpose=True)
-                       for c, qf, sf, q, s in zip(cosines, q_factors, s_factors, query.stages, support.stages)]
+            pyramid = [masked_correlation(c, qf, sf, q.size, s.size, transpose=True, out=buf) for c, qf, sf, q, s, buf
+                       in zip(cosines, q_factors, s_factors, query.stages, support.stages, buffers)]
             s_logit, support_state = self.refine_step(self.hpn_learner(pyramid), support_mid,
                                                       support_prior, support_state)
             support_logits.append(s_logit)

@@ -1,13 +1,13 @@
 """HSNet's hypercorrelation pyramid encoder: squeeze each stage's 4D correlation
 with center-pivot convolutions, then mix the stages top-down. 4D tensors are
-query-major, (B, ha, wa, C, hb, wb), as in `conv4d`."""
+(B, ha, wa, hb, wb, C), as in `conv4d`."""
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .conv4d import CenterPivotConv4d, QueryMajorGroupNorm
+from .conv4d import CenterPivotConv4d, ChannelsLastGroupNorm
 
 SQUEEZE_CHANNELS = (16, 64, 128)
 
@@ -18,7 +18,7 @@ def _building_block(in_channels: int, out_channels, kernel_sizes, support_stride
         inch = in_channels if idx == 0 else out_channels[idx - 1]
         layers += [
             CenterPivotConv4d(inch, outch, (ksz,) * 4, (1, 1, stride, stride), (ksz // 2,) * 4),
-            QueryMajorGroupNorm(groups, outch),
+            ChannelsLastGroupNorm(groups, outch),
             nn.ReLU(inplace=True),
         ]
     return nn.Sequential(*layers)
@@ -26,10 +26,10 @@ def _building_block(in_channels: int, out_channels, kernel_sizes, support_stride
 
 def _resize_query_dims(corr: torch.Tensor, size) -> torch.Tensor:
     # HSNet calls this `interpolate_support_dims`, but it resizes the query (ha, wa) grid.
-    bsz, ha, wa, ch, hb, wb = corr.shape
-    flat = corr.permute(0, 4, 5, 3, 1, 2).reshape(bsz * hb * wb, ch, ha, wa)
-    flat = F.interpolate(flat, size, mode="bilinear", align_corners=True)
-    return flat.view(bsz, hb, wb, ch, *size).permute(0, 4, 5, 3, 1, 2)
+    bsz, ha, wa, hb, wb, ch = corr.shape
+    images = corr.permute(0, 3, 4, 1, 2, 5).reshape(bsz * hb * wb, ha, wa, ch).permute(0, 3, 1, 2)
+    images = F.interpolate(images, size, mode="bilinear", align_corners=True)
+    return images.permute(0, 2, 3, 1).reshape(bsz, hb, wb, *size, ch).permute(0, 3, 4, 1, 2, 5)
 
 
 class HPNLearner(nn.Module):
@@ -45,10 +45,11 @@ class HPNLearner(nn.Module):
         self.encoder_layer3to2 = _building_block(c3, [c3, c3, c3], [3, 3, 3], [1, 1, 1])
 
     def forward(self, corr_pyramid) -> torch.Tensor:
-        """(corr_l4, corr_l3, corr_l2), query-major -> (B, 128, Hq, Wq) at the layer-2 query size."""
+        """(corr_l4, corr_l3, corr_l2), each (B, ha, wa, hb, wb, L) -> (B, 128, Hq, Wq) at the
+        layer-2 query size."""
         sqz4 = self.encoder_layer4(corr_pyramid[0])
         sqz3 = self.encoder_layer3(corr_pyramid[1])
         sqz2 = self.encoder_layer2(corr_pyramid[2])
         mix43 = self.encoder_layer4to3(sqz3.add_(_resize_query_dims(sqz4, sqz3.shape[1:3])))
         mix432 = self.encoder_layer3to2(sqz2.add_(_resize_query_dims(mix43, sqz2.shape[1:3])))
-        return mix432.mean(dim=(-2, -1)).permute(0, 3, 1, 2).contiguous()
+        return mix432.mean(dim=(3, 4)).permute(0, 3, 1, 2).contiguous()

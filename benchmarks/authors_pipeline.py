@@ -1,0 +1,140 @@
+"""The per-episode baseline: IMR-HSNet computed the way the authors' pipeline does,
+on imrseg's modules and weights.
+
+Every episode starts from scratch: CLIP-CAMs of the query and the support (the
+prompts encoded on every call and a full backward pass, parameter gradients
+included, as their pytorch-grad-cam copy does), both backbones, and for every step
+both branches, with the features masked in place, the full cosine correlation
+recomputed, and HSNet's channel-major 4D convolution (index_select pruning,
+permute + contiguous around each 2D convolution). It exists to be measured
+against, and to show that imrseg's path gives the same logits."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from imrseg.cam import postprocess_cam
+from imrseg.models.backbone import extract_taps, stage_slices
+from imrseg.models.conv4d import CenterPivotConv4d
+from imrseg.models.imr import STATE_SIZE
+from imrseg.models.learner import HPNLearner
+
+EPS = 1e-5
+
+
+def cam(clip, tokens, image, target: int, size: int = 50) -> torch.Tensor:
+    """One image's coarse mask as the authors compute it. `clip` must have gradients on."""
+    import cv2
+
+    captured = {}
+    layer = clip.visual.layer4[-1]
+    hooks = [layer.register_forward_hook(lambda m, i, o: captured.__setitem__("act", o)),
+             layer.register_full_backward_hook(lambda m, gi, go: captured.__setitem__("grad", go[0]))]
+    try:
+        image_features = clip.encode_image(image)
+        text_features = clip.encode_text(tokens)
+        image_features = image_features / image_features.norm(dim=-1, keepdim=True)
+        text_features = text_features / text_features.norm(dim=-1, keepdim=True)
+        probs = (100.0 * image_features @ text_features.T).softmax(dim=-1)
+        clip.zero_grad()
+        probs[0, target].backward()
+    finally:
+        for hook in hooks:
+            hook.remove()
+    act, grad = captured["act"].detach()[0], captured["grad"].detach()[0]
+    raw = (grad.mean(dim=(1, 2))[:, None, None] * act).sum(dim=0).cpu().numpy()
+    return torch.from_numpy(cv2.resize(postprocess_cam(raw, image.shape[-1]), (size, size)))[None]
+
+
+def _correlation(query_taps, support_taps, slices):
+    corrs = []
+    for q, s in zip(query_taps, support_taps):
+        b, c, ha, wa = q.shape
+        hb, wb = s.shape[-2:]
+        q = q.view(b, c, -1)
+        s = s.view(b, c, -1)
+        q = q / (q.norm(dim=1, p=2, keepdim=True) + EPS)
+        s = s / (s.norm(dim=1, p=2, keepdim=True) + EPS)
+        corrs.append(torch.bmm(q.transpose(1, 2), s).view(b, ha, wa, hb, wb).clamp(min=0))
+    return [torch.stack(corrs[sl]).transpose(0, 1).contiguous() for sl in slices]
+
+
+def _conv4d(conv: CenterPivotConv4d, x):
+    sh, sw = conv.support_stride
+    b, c, ha, wa, hb, wb = x.shape
+    if sw > 1:
+        idxh = torch.arange(0, hb, sh, device=x.device)
+        idxw = torch.arange(0, wb, sw, device=x.device)
+        idx = (idxw.repeat(len(idxh), 1) + idxh.repeat(len(idxw), 1).t() * wb).view(-1)
+        pruned = x.view(b, c, ha, wa, -1).index_select(4, idx).view(b, c, ha, wa, len(idxh), len(idxw))
+    else:
+        pruned = x
+    phb, pwb = pruned.shape[-2:]
+    out1 = conv.conv1(pruned.permute(0, 4, 5, 1, 2, 3).contiguous().view(-1, c, ha, wa))
+    o = out1.shape[1]
+    out1 = out1.view(b, phb, pwb, o, ha, wa).permute(0, 3, 4, 5, 1, 2).contiguous()
+    out2 = conv.conv2(x.permute(0, 2, 3, 1, 4, 5).contiguous().view(-1, c, hb, wb))
+    out2 = out2.view(b, ha, wa, o, *out2.shape[-2:]).permute(0, 3, 1, 2, 4, 5).contiguous()
+    return out1 + out2
+
+
+def _block(block, x):
+    for module in block:
+        if isinstance(module, CenterPivotConv4d):
+            x = _conv4d(module, x)
+        elif isinstance(module, torch.nn.GroupNorm):
+            x = F.group_norm(x, module.num_groups, module.weight, module.bias, module.eps)
+        else:
+            x = torch.relu(x)
+    return x
+
+
+def _resize_query_dims(x, size):
+    b, c, ha, wa, hb, wb = x.shape
+    x = x.permute(0, 4, 5, 1, 2, 3).contiguous().view(b * hb * wb, c, ha, wa)
+    x = F.interpolate(x, size, mode="bilinear", align_corners=True)
+    return x.view(b, hb, wb, c, *size).permute(0, 3, 4, 5, 1, 2).contiguous()
+
+
+def _hpn(learner: HPNLearner, pyramid):
+    sqz4 = _block(learner.encoder_layer4, pyramid[0])
+    sqz3 = _block(learner.encoder_layer3, pyramid[1])
+    sqz2 = _block(learner.encoder_layer2, pyramid[2])
+    mix43 = _block(learner.encoder_layer4to3, _resize_query_dims(sqz4, sqz3.shape[2:4]) + sqz3)
+    mix432 = _block(learner.encoder_layer3to2, _resize_query_dims(mix43, sqz2.shape[2:4]) + sqz2)
+    b, c, ha, wa = mix432.shape[:4]
+    return mix432.view(b, c, ha, wa, -1).mean(dim=-1)
+
+
+def _mask(taps, mask):
+    for i, t in enumerate(taps):
+        taps[i] = t * F.interpolate(mask.unsqueeze(1), t.shape[-2:], mode="bilinear", align_corners=True)
+
+
+def forward(net, query_img, support_img, query_cam, support_cam, steps):
+    """Query logits (B,2,100,100) of the last step, computed as the authors do."""
+    q_taps = extract_taps(net.backbone_name, net.backbone, query_img)
+    s_taps = extract_taps(net.backbone_name, net.backbone, support_img)
+    slices = stage_slices(net.spec, len(q_taps))
+
+    def mid(taps):
+        m = F.interpolate(sum(taps[slices[1]]), STATE_SIZE, mode="bilinear", align_corners=True)
+        return net.mid_gates(net.conv1024_512(m) if hasattr(net, "conv1024_512") else m)
+
+    q_mid, s_mid = mid(q_taps), mid(s_taps)
+    _mask(q_taps, support_cam)
+    _mask(s_taps, query_cam)
+    q_prior, s_prior = query_cam.unsqueeze(1), support_cam.unsqueeze(1)
+    q_state = s_state = net.initial_state(query_img.shape[0])
+    for step in range(steps):
+        q_logit, q_state = net.refine_step(_hpn(net.hpn_learner, _correlation(q_taps, s_taps, slices)),
+                                           q_mid, q_prior, q_state)
+        s_logit, s_state = net.refine_step(_hpn(net.hpn_learner, _correlation(s_taps, q_taps, slices)),
+                                           s_mid, s_prior, s_state)
+        if step < steps - 1:
+            q_prob, s_prob = q_logit.softmax(1)[:, 1], s_logit.softmax(1)[:, 1]
+            _mask(q_taps, q_prob)
+            _mask(s_taps, s_prob)
+            q_prior = F.interpolate(q_prob.unsqueeze(1), STATE_SIZE, mode="bilinear", align_corners=True)
+            s_prior = F.interpolate(s_prob.unsqueeze(1), STATE_SIZE, mode="bilinear", align_corners=True)
+    return q_logit

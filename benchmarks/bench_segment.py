@@ -1,0 +1,239 @@
+"""Folder segmentation against the per-episode baseline, side by side in one process.
+
+(a) per episode, as the authors' pipeline: for every query and every support, both
+    CLIP-CAMs, both backbones and every step of both branches, batch 1
+    (benchmarks/authors_pipeline.py), in fp32;
+(b) imrseg's folder path: `Predictor.set_support` once, then `predict_batch` over
+    the queries (CAMs batched, query features reused across supports and steps,
+    the last step's support branch skipped), at --precision.
+
+Both use the full-size network and CLIP with recipe weights (no download). The
+two paths are timed in alternation, `--repeats` times; the figures are medians.
+The LAST stdout line is one JSON object.
+
+    python benchmarks/bench_segment.py --queries 6 --supports 1 --steps 2
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import authors_pipeline  # noqa: E402
+
+from imrseg.cam import ClipCAM, openai_fp16_round_trip  # noqa: E402
+from imrseg.classes import PASCAL_CLASSES  # noqa: E402
+from imrseg.devices import check_precision, resolve_device  # noqa: E402
+from imrseg.models import IMRHSNet  # noqa: E402
+from imrseg.predictor import Predictor, network_input  # noqa: E402
+from imrseg.recipe import apply_recipe  # noqa: E402
+from imrseg.vocabulary import background_vocabulary  # noqa: E402
+
+LABEL = "dog"
+
+
+def images(count: int, seed: int) -> list[Image.Image]:
+    """Smooth random pictures of assorted sizes (photo-like, not white noise)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(count):
+        w, h = int(rng.integers(320, 640)), int(rng.integers(240, 480))
+        small = rng.integers(0, 255, (h // 16 + 1, w // 16 + 1, 3), dtype=np.uint8)
+        out.append(Image.fromarray(small).resize((w, h), Image.BICUBIC))
+    return out
+
+
+class PeakMemory:
+    """Peak host RSS (sampled) or peak CUDA allocation above the start, in MiB."""
+
+    def __init__(self, device):
+        self.device = device
+
+    def __enter__(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.start = torch.cuda.memory_allocated(self.device)
+        else:
+            self.start = self.peak = _rss()
+            self.running = True
+            self.thread = threading.Thread(target=self._sample, daemon=True)
+            self.thread.start()
+        return self
+
+    def _sample(self):
+        while self.running:
+            self.peak = max(self.peak, _rss())
+            time.sleep(0.005)
+
+    def __exit__(self, *exc):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.mib = (torch.cuda.max_memory_allocated(self.device) - self.start) / 2**20
+        else:
+            self.running = False
+            self.thread.join()
+            self.mib = (self.peak - self.start) / 2**20
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096
+
+
+def per_episode(net, clip, cam, vocabulary, queries, supports, steps, device):
+    """Query logits (K, 2, 100, 100) per query, every episode from scratch."""
+    tokens = cam.tokenizer([cam.template.format(c=c) for c in vocabulary]).to(device)
+    out = []
+    for query in queries:
+        logits = []
+        for support in supports:
+            q_cam = authors_pipeline.cam(clip, tokens, cam.preprocess(query)[None].to(device), 0).to(device)
+            s_cam = authors_pipeline.cam(clip, tokens, cam.preprocess(support)[None].to(device), 0).to(device)
+            with torch.inference_mode():
+                logits.append(authors_pipeline.forward(
+                    net, network_input(query)[None].to(device), network_input(support)[None].to(device),
+                    q_cam, s_cam, steps)[0])
+        out.append(torch.stack(logits).float().cpu())
+    return out
+
+
+def folder(predictor, queries, supports, steps, batch_size):
+    predictor.set_support(supports, LABEL)
+    out = []
+    for i in range(0, len(queries), batch_size):
+        out += predictor.predict_batch(queries[i:i + batch_size], steps)
+    return out
+
+
+def timed(fn, device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    result = fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start, result
+
+
+def flops_per_query(predictor, query, steps) -> tuple[float, float]:
+    """(network, CLIP forward) FLOPs for one query against the cached supports. The
+    Grad-CAM backward pass (from the last block on) is not counted: the counter
+    cannot follow autograd.grad."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as network, torch.inference_mode():
+        feats = predictor.model.encode(network_input(query)[None].to(predictor.device))
+        cams = torch.zeros(1, 50, 50, device=predictor.device)
+        for k in range(predictor.num_supports):
+            predictor.model.refine(feats, predictor._support.index(slice(k, k + 1)), cams,
+                                   predictor._support_cams[k:k + 1], steps, with_support=False)
+    with FlopCounterMode(display=False) as clip:
+        predictor.cam.probabilities([query], predictor.vocabulary)
+    return network.get_total_flops(), clip.get_total_flops()
+
+
+def throughput(net, cam, device, steps, supports, queries) -> dict:
+    """GPU images/s of the folder path at batch 1 and at the best batch, fp32 and bf16."""
+    result = {}
+    for precision in ("fp32", "bf16"):
+        predictor = Predictor(net, cam, device=device, precision=precision, vocabulary=PASCAL_CLASSES)
+        predictor.set_support(supports[:1], LABEL)
+        rates = {}
+        for batch in (1, 2, 4, 8, 16):
+            pool = (queries * (2 * batch // len(queries) + 2))[: 2 * batch]
+            try:
+                predictor.predict_batch(pool[:batch], steps)  # warm-up
+                seconds, _ = timed(lambda: predictor.predict_batch(pool, steps) if batch == 1 else
+                                   [predictor.predict_batch(pool[i:i + batch], steps)
+                                    for i in range(0, len(pool), batch)], device)
+            except torch.cuda.OutOfMemoryError:
+                break
+            rates[batch] = len(pool) / seconds
+        best = max(rates, key=rates.get)
+        result[precision] = {"batch1_images_per_s": rates[1], "best_batch": best,
+                             "best_images_per_s": rates[best]}
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--queries", type=int, default=6)
+    parser.add_argument("--supports", type=int, default=1)
+    parser.add_argument("--steps", type=int, default=2)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"))
+    parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    precision = check_precision(args.precision, device)
+    batch_size = args.batch_size or (8 if device.type == "cuda" else 2)
+
+    import open_clip
+
+    net = apply_recipe(IMRHSNet("resnet50")).to(device).eval()
+    clip = openai_fp16_round_trip(apply_recipe(open_clip.create_model("RN50-quickgelu", pretrained=None)))
+    authors_clip = copy.deepcopy(clip).to(device).eval()  # with gradients on, as the authors'
+    cam = ClipCAM(clip, device=device)
+    # The authors' CAM vocabulary: the 20 PASCAL classes (the label is one of them).
+    predictor = Predictor(net, cam, device=device, steps=args.steps, precision=precision,
+                          vocabulary=PASCAL_CLASSES)
+    queries, supports = images(args.queries, 1), images(args.supports, 2)
+    vocabulary = background_vocabulary(LABEL, PASCAL_CLASSES)
+
+    # Warm-up: first calls allocate and pick kernels.
+    per_episode(net, authors_clip, cam, vocabulary, queries[:1], supports[:1], 1, device)
+    folder(predictor, queries[:1], supports[:1], 1, 1)
+
+    times = {"a": [], "b": []}
+    memory = {"a": 0.0, "b": 0.0}
+    for _ in range(args.repeats):
+        with PeakMemory(device) as mem:
+            seconds, logits_a = timed(lambda: per_episode(net, authors_clip, cam, vocabulary, queries, supports,
+                                                          args.steps, device), device)
+        times["a"].append(seconds)
+        memory["a"] = max(memory["a"], mem.mib)
+        with PeakMemory(device) as mem:
+            seconds, preds = timed(lambda: folder(predictor, queries, supports, args.steps, batch_size), device)
+        times["b"].append(seconds)
+        memory["b"] = max(memory["b"], mem.mib)
+
+    diff = max(float((a - torch.from_numpy(p.logits)).abs().max()) for a, p in zip(logits_a, preds))
+    agree = float(np.mean([np.mean(a.argmax(1).numpy() == p.logits.argmax(1)) for a, p in zip(logits_a, preds)]))
+    per_episode_s = statistics.median(times["a"]) / args.queries
+    per_query_s = statistics.median(times["b"]) / args.queries
+    network_flops, clip_flops = flops_per_query(predictor, queries[0], args.steps)
+    flops = network_flops + clip_flops
+    result = {
+        "device": str(device), "torch_threads": torch.get_num_threads(), "precision": precision,
+        "queries": args.queries, "supports": args.supports, "steps": args.steps, "batch_size": batch_size,
+        "per_episode_s": round(per_episode_s, 4), "per_query_s": round(per_query_s, 4),
+        "speedup_vs_per_episode": round(per_episode_s / per_query_s, 3),
+        "max_abs_diff": diff, "mask_agreement": agree,
+        "peak_mem_mib_per_episode": round(memory["a"], 1), "peak_mem_mib_folder": round(memory["b"], 1),
+        "gflop_per_query_network": round(network_flops / 1e9, 2), "gflop_per_query_clip": round(clip_flops / 1e9, 2),
+        "achieved_gflops": round(flops / 1e9 / per_query_s, 2),
+    }
+    if device.type == "cuda":
+        result["throughput"] = throughput(net, cam, device, args.steps, supports, queries)
+    print(f"(a) per episode: {per_episode_s:.3f} s/query   (b) folder: {per_query_s:.3f} s/query   "
+          f"speedup {per_episode_s / per_query_s:.2f}x   max |diff| {diff:.2e}", file=sys.stderr)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,166 @@
+"""`imrseg eval` end to end on a tiny synthetic VOC-layout data set, with recipe
+weights from local files: report, determinism, CAM cache, resuming, errors.
+No network: the split list, the IMR-HSNet and the CLIP weights are all local."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from imrseg.cli import main
+
+pytestmark = pytest.mark.slow
+
+SIZE = (64, 48)
+
+
+def _make_voc(root: Path, classes: dict[int, int]) -> list[str]:
+    """`classes`: 1-based class -> number of images; each image has one square
+    object of its class with a 255 boundary ring, on a noisy background."""
+    (root / "VOC2012" / "JPEGImages").mkdir(parents=True, exist_ok=True)
+    (root / "VOC2012" / "SegmentationClassAug").mkdir(parents=True, exist_ok=True)
+    lines = []
+    for cls, count in classes.items():
+        for i in range(count):
+            name = f"2008_{cls:02d}{i:04d}"
+            rng = np.random.default_rng(100 * cls + i)
+            image = rng.integers(0, 100, (SIZE[1], SIZE[0], 3), dtype=np.uint8)
+            mask = np.zeros((SIZE[1], SIZE[0]), np.uint8)
+            top, left = int(rng.integers(2, 20)), int(rng.integers(2, 36))
+            mask[top - 1:top + 23, left - 1:left + 23] = 255
+            mask[top:top + 22, left:left + 22] = cls
+            image[mask == cls] = rng.integers(120, 255, 3, dtype=np.uint8)
+            Image.fromarray(image).save(root / "VOC2012" / "JPEGImages" / f"{name}.jpg")
+            Image.fromarray(mask).save(root / "VOC2012" / "SegmentationClassAug" / f"{name}.png")
+            lines.append(f"{name}__{cls:02d}")
+    return lines
+
+
+@pytest.fixture(scope="module")
+def voc(tmp_path_factory, recipe_net, recipe_clip):
+    root = tmp_path_factory.mktemp("eval")
+    data = root / "data"
+    # Fold 0's two classes get three images each; the other folds one class, two images.
+    per_fold = {f: _make_voc(data, {1: 3, 2: 3} if f == 0 else {5 * f + 1: 2}) for f in range(4)}
+    splits = root / "splits" / "pascal" / "val"
+    splits.mkdir(parents=True)
+    for fold, lines in per_fold.items():
+        (splits / f"fold{fold}.txt").write_text("\n".join(lines) + "\n")
+    weights, clip = root / "best_model.pt", root / "clip_rn50.pt"
+    torch.save(recipe_net.state_dict(), weights)
+    torch.save(recipe_clip.state_dict(), clip)
+    return SimpleNamespace(data=data, splits=root / "splits", weights=weights, clip=clip)
+
+
+@pytest.fixture
+def cli(monkeypatch, capsys, voc):
+    """`imrseg eval ...` as the console script runs it, with the cache in `cache`."""
+
+    def run(*args, cache: Path, episodes: int = 2):
+        monkeypatch.setenv("IMRSEG_CACHE", str(cache))
+        argv = ["imrseg", "eval", "--benchmark", "pascal", "--episodes", str(episodes), "--data-root", voc.data,
+                "--splits", voc.splits, "--clip-weights", voc.clip, "--device", "cpu", *args]
+        monkeypatch.setattr(sys, "argv", [str(a) for a in argv])
+        with pytest.raises(SystemExit) as exit_:
+            main()
+        out, err = capsys.readouterr()
+        return SimpleNamespace(code=exit_.value.code, out=out, err=err)
+
+    return run
+
+
+def _imr(voc, tmp_path, name, cache, cli, episodes=2):
+    report = tmp_path / f"{name}.json"
+    result = cli("--fold", "0", "--weights", voc.weights, "--steps", "1", "--batch-size", "2",
+                 "--report", report, cache=cache, episodes=episodes)
+    assert result.code == 0, result.err
+    return json.loads(report.read_text()), result
+
+
+def test_eval_writes_report_is_deterministic_and_resumes(cli, voc, tmp_path):
+    first, result = _imr(voc, tmp_path, "first", tmp_path / "cache-a", cli)
+    assert "mIoU" in result.out and "aeroplane" in result.out and "FB-IoU" in result.out
+    assert first["benchmark"] == "pascal" and first["fold"] == 0 and first["shots"] == 1
+    assert first["steps"] == 1 and first["episodes"] == 2 and first["seed"] == 0
+    assert first["weights"]["name"] == str(voc.weights)
+    assert first["weights"]["sha256"] == hashlib.sha256(voc.weights.read_bytes()).hexdigest()
+    assert set(first["per_class"]) == {"aeroplane", "bicycle", "bird", "boat", "bottle"}
+    assert 0 <= first["miou"] <= 100 and 0 <= first["fb_iou"] <= 100 and first["seconds"] > 0
+    assert first["paper_miou"] is None  # the paper's figure is for 2 steps
+    [state] = (tmp_path / "cache-a" / "eval").glob("*.jsonl")
+    rows = [json.loads(line) for line in state.read_text().splitlines()[1:]]
+    assert [r["episode"] for r in rows] == [0, 1]
+    assert first["cams_computed"] == len({n for r in rows for n in [r["query"], *r["supports"]]})
+
+    # A second run from scratch (another cache) gives the same numbers.
+    second, _ = _imr(voc, tmp_path, "second", tmp_path / "cache-b", cli)
+    numbers = ("miou", "fb_iou", "per_class")
+    assert {k: second[k] for k in numbers} == {k: first[k] for k in numbers}
+
+    # Interrupted after episode 0: the state keeps the header and one row, and a
+    # rerun continues from there, with the CAMs from the disk cache.
+    [state] = (tmp_path / "cache-b" / "eval").glob("*.jsonl")
+    lines = state.read_text().splitlines(keepends=True)
+    assert len(lines) == 3
+    state.write_text("".join(lines[:2]) + lines[2][:10])  # a torn last line too
+    resumed, result = _imr(voc, tmp_path, "resumed", tmp_path / "cache-b", cli)
+    assert "1 of 2 episodes taken from the saved state" in result.err
+    assert {k: resumed[k] for k in numbers} == {k: first[k] for k in numbers}
+    assert resumed["resumed_episodes"] == 1 and resumed["cams_computed"] == 0
+    assert state.read_text().splitlines()[1:] == [line.rstrip("\n") for line in lines[1:]]
+
+
+def test_cam_method_and_all_folds(cli, voc, tmp_path):
+    report = tmp_path / "all.json"
+    result = cli("--fold", "all", "--method", "cam", "--report", report, cache=tmp_path / "cache", episodes=3)
+    assert result.code == 0, result.err
+    assert "fold 3" in result.out and "mean" in result.out
+    doc = json.loads(report.read_text())
+    assert doc["fold"] == "all" and doc["folds"] == [0, 1, 2, 3] and doc["method"] == "cam"
+    assert doc["weights"] == [None] * 4 and doc["steps"] is None
+    assert len(doc["per_class"]) == 20 and len(doc["per_fold"]) == 4
+    assert doc["miou"] == pytest.approx(sum(f["miou"] for f in doc["per_fold"]) / 4)
+
+    # Run again: every episode comes from the saved state.
+    again = cli("--fold", "0", "--method", "cam", "--report", report, cache=tmp_path / "cache", episodes=3)
+    assert again.code == 0 and "3 of 3 episodes taken from the saved state" in again.err
+    rerun = json.loads(report.read_text())
+    assert rerun["miou"] == doc["per_fold"][0]["miou"] and rerun["cams_computed"] == 0
+
+
+def test_zero_shot_runs_without_supports(cli, voc, tmp_path):
+    report = tmp_path / "zero.json"
+    result = cli("--fold", "0", "--zero-shot", "--weights", voc.weights, "--steps", "1", "--report", report,
+                 cache=tmp_path / "cache", episodes=1)
+    assert result.code == 0, result.err
+    doc = json.loads(report.read_text())
+    assert doc["zero_shot"] is True and doc["cams_computed"] == 1 and "zero-shot" in result.out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--fold", "7"], "--fold must be one of 0, 1, 2, 3, all"),
+    (["--fold", "0", "--data-root", "/nonexistent/data"], "/nonexistent/data/VOC2012/JPEGImages: no such folder"),
+    (["--fold", "0", "--splits", "/nonexistent/splits"], "/nonexistent/splits: --splits is not a folder"),
+])
+def test_errors_are_one_line(args, message, tmp_path):
+    for kind in ("JPEGImages", "SegmentationClassAug"):
+        (tmp_path / "VOC2012" / kind).mkdir(parents=True)
+    env = {**os.environ, "IMRSEG_CACHE": str(tmp_path), "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.run([sys.executable, "-m", "imrseg", "eval", "--benchmark", "pascal", "--data-root", ".",
+                           *args], capture_output=True, text=True, cwd=tmp_path, env=env)
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and message in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_cli_module_does_not_import_torch():
+    code = "import sys; import imrseg.cli.eval; sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
