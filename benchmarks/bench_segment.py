@@ -132,7 +132,7 @@ def flops_per_query(predictor, query, steps) -> tuple[float, float]:
     cannot follow autograd.grad."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    with FlopCounterMode(display=False) as network, torch.inference_mode():
+    with FlopCounterMode(display=False) as network, predictor._network():
         feats = predictor.model.encode(network_input(query)[None].to(predictor.device))
         cams = torch.zeros(1, 50, 50, device=predictor.device)
         for k in range(predictor.num_supports):

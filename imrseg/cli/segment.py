@@ -1,8 +1,10 @@
 """`imrseg segment`, `imrseg zero-shot` and `imrseg info`."""
 from __future__ import annotations
 
+import inspect
 import json
 import sys
+import typing
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -69,22 +71,24 @@ def segment(
     _run(locals(), zero_shot=False)
 
 
-@app.command("zero-shot", epilog=ZERO_SHOT_EXAMPLES)
-def zero_shot(
-    images: Annotated[list[Path], typer.Argument(help="Image files or folders.")],
-    label: LabelOption,
-    out: OutOption = Path("imrseg-out"),
-    steps: StepsOption = None, weights: WeightsOption = None, clip_weights: ClipWeightsOption = None,
-    hub_namespace: HubNamespaceOption = None, device: DeviceOption = "auto",
-    precision: PrecisionOption = Precision.fp32, batch_size: BatchSizeOption = None,
-    prompt_template: PromptOption = "a photo of a {c}", vocab: VocabOption = None,
-    cam_mode: CamModeOption = CamMode.official, save_prob: SaveProbOption = False,
-    save_cam: SaveCamOption = False, save_steps: SaveStepsOption = False,
-    overwrite: OverwriteOption = False, max_pixels: MaxPixelsOption = None,
-    quiet: QuietOption = False, as_json: SummaryJsonOption = False,
-) -> None:
+def zero_shot(images: list[Path], **options) -> None:
     """Segment LABEL in each image with no support: each image is its own (the paper's zero-shot mode)."""
-    _run({**locals(), "query": locals()["images"], "support": [], "support_mask": None}, zero_shot=True)
+    _run({**options, "query": images, "support": [], "support_mask": None}, zero_shot=True)
+
+
+def _zero_shot_signature() -> None:
+    """zero-shot takes segment's options, less the supports, with the images as arguments."""
+    hints = typing.get_type_hints(segment, include_extras=True)
+    images = inspect.Parameter("images", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Annotated[
+        list[Path], typer.Argument(help="Image files or folders.")])
+    shared = [p.replace(annotation=hints[name]) for name, p in inspect.signature(segment).parameters.items()
+              if name not in ("support", "query", "support_mask")]
+    zero_shot.__signature__ = inspect.Signature([images, *shared])
+    zero_shot.__annotations__ = {p.name: p.annotation for p in zero_shot.__signature__.parameters.values()}
+
+
+_zero_shot_signature()
+app.command("zero-shot", epilog=ZERO_SHOT_EXAMPLES)(zero_shot)
 
 
 def _check_arguments(a: dict, zero_shot: bool) -> None:
