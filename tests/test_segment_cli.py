@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -151,3 +152,45 @@ def test_info_json():
     assert result.exit_code == 0
     data = json.loads(result.stdout)
     assert data["cuda"] in (True, False) and "cache" in data
+
+
+def test_odd_and_bad_inputs(tmp_path, weights):
+    """Masks for every readable image at its displayed size, error rows for the rest."""
+    folder = tmp_path / "odd"
+    folder.mkdir()
+    rgb = Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 48, 3), dtype=np.uint8))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotated 90 degrees: displayed 32 wide, 48 high
+    rgb.save(folder / "rotated.jpg", exif=exif)
+    rgb.convert("L").save(folder / "grey.png")
+    rgb.convert("LA").save(folder / "grey_alpha.png")
+    rgb.convert("RGBA").save(folder / "alpha.png")
+    palette = rgb.convert("P")
+    palette.info["transparency"] = 0
+    palette.save(folder / "palette.png")
+    rgb.convert("CMYK").save(folder / "cmyk.jpg")
+    Image.fromarray((np.arange(48 * 32, dtype=np.uint16).reshape(32, 48) * 40)).save(folder / "deep.png")
+    rgb.convert("1").save(folder / "bilevel.png")
+    rgb.save(folder / "anim.png", save_all=True, append_images=[rgb.rotate(90)])  # APNG
+    good = {"rotated": (32, 48), "grey": (48, 32), "grey_alpha": (48, 32), "alpha": (48, 32),
+            "palette": (48, 32), "cmyk": (48, 32), "deep": (48, 32), "bilevel": (48, 32), "anim": (48, 32)}
+    data = (folder / "cmyk.jpg").read_bytes()
+    (folder / "truncated.jpg").write_bytes(data[: len(data) // 2])
+    (folder / "empty.jpg").write_bytes(b"")
+    (folder / "text.jpg").write_text("not an image")
+    # A folder named like an image is a folder: searched, not an error (tests/test_io.py
+    # covers loading one by name).
+    (folder / "folder.jpg").mkdir()
+    support = write_image(tmp_path / "s.jpg", seed=1)
+    out = tmp_path / "out"
+    result = run("segment", "-l", "cat", "-s", support, "-q", folder, "-o", out, "--steps", 1, "--json", *weights)
+    assert result.exit_code == 1, result.output
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert (summary["done"], summary["failed"]) == (len(good), 3)
+    for stem, size in good.items():
+        assert Image.open(out / f"{stem}.png").size == size, stem
+    failed = {Path(r["query"]).name: r["error"] for r in rows(out)[1:] if r["status"] == "failed"}
+    assert set(failed) == {"truncated.jpg", "empty.jpg", "text.jpg"}
+    assert all(error.count("\n") == 0 and name in error for name, error in failed.items())
+    for name in failed:
+        assert f"imrseg: error: {folder / name}: " in result.output
