@@ -6,6 +6,7 @@ query once and reuses its features for every support and every refinement step.
 """
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -112,8 +113,6 @@ class Predictor:
         return self.cam(list(images), self.vocabulary, [0] * len(images), size=CAM_SIZE).to(self.device)
 
     def _network(self):
-        import contextlib
-
         stack = contextlib.ExitStack()
         stack.enter_context(torch.inference_mode())
         stack.enter_context(autocast(self.device, self.precision))
@@ -156,11 +155,11 @@ class Predictor:
         out = []
         for b, image in enumerate(images):
             w, h = sizes[b] if sizes else image.size
-            step_masks, prob = [], None
+            step_masks = []
             for step in range(len(per_support[0])):
                 logits = torch.cat([upsample_logits(s[step][b:b + 1].float(), (h, w)) for s in per_support])
                 step_masks.append(vote(logits.argmax(dim=1)[None])[0].bool().cpu().numpy())
-                prob = logits.softmax(dim=1)[:, 1].mean(dim=0)
+            prob = logits.softmax(dim=1)[:, 1].mean(dim=0)  # of the last step
             last = torch.cat([s[-1][b:b + 1] for s in per_support]).float().cpu().numpy()
             out.append(Prediction(step_masks[-1], prob.float().cpu().numpy(),
                                   cams[b].float().cpu().numpy(), step_masks, last))

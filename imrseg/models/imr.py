@@ -73,9 +73,10 @@ class IterativeMutualRefinement(nn.Module):
         """One GRU update and decode. `mask` (B,1,50,50) is the CAM or the previous
         prediction; returns (logits (B,2,100,100), new state)."""
         zr0, h0, zr1, zr1_bias, h1, h1_bias = self._step_weights()
-        halves = zr1.shape[0] // 64  # group convs of 8 groups (32 -> 8 channels), side by side
+        # Each gate's two 8-group convolutions (32 -> 8 channels a group) side by side:
+        # z and r together are 32 groups, h alone 16.
         zr = F.conv2d(torch.cat([mask, encoded, state], dim=1), zr0) + mid_gates[:, :1024]
-        zr = torch.sigmoid(F.conv2d(zr, zr1, zr1_bias, padding=1, groups=8 * halves))
+        zr = torch.sigmoid(F.conv2d(zr, zr1, zr1_bias, padding=1, groups=32))
         z, r = zr[:, :STATE_CHANNELS], zr[:, STATE_CHANNELS:]
         h = F.conv2d(torch.cat([mask, encoded, r * state], dim=1), h0) + mid_gates[:, 1024:]
         candidate = torch.tanh(F.conv2d(h, h1, h1_bias, padding=1, groups=16))
