@@ -194,3 +194,10 @@ def test_odd_and_bad_inputs(tmp_path, weights):
     assert all(error.count("\n") == 0 and name in error for name, error in failed.items())
     for name in failed:
         assert f"imrseg: error: {folder / name}: " in result.output
+
+
+@pytest.mark.parametrize("command", ["segment", "zero-shot", "info", "eval", "weights list", "weights download",
+                                     "weights import", "weights push", "weights info"])
+def test_every_command_help_has_examples(command):
+    result = run(*command.split(), "--help")
+    assert result.exit_code == 0 and "Examples" in result.output

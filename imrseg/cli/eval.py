@@ -53,7 +53,14 @@ def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}"
 
 
-@app.command("eval")
+@app.command("eval", epilog="""Examples:
+
+  imrseg eval --benchmark pascal --fold 0 --data-root DATA --weights best_model.pt
+
+  imrseg eval --benchmark pascal --fold all --data-root DATA --shots 5 --report pascal-5shot.json
+
+  imrseg eval --benchmark coco --fold 2 --data-root DATA --zero-shot --splits hsnet/data/splits
+""")
 def eval_command(
     benchmark: Annotated[Benchmark, typer.Option("--benchmark", help="pascal (PASCAL-5i) or coco (COCO-20i).")],
     fold: Annotated[str, typer.Option("--fold", metavar="0|1|2|3|all", help="Test fold, or all four.")],

@@ -284,7 +284,7 @@ def _report(summary, quiet: bool, as_json: bool, out: Path) -> None:
                       markup=False)
 
 
-@app.command()
+@app.command(epilog="Examples:\n\n  imrseg info\n\n  imrseg info --json")
 def info(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
     """Version, torch/CUDA/MPS availability, the cache location and cached weights."""
     import torch

@@ -42,7 +42,7 @@ def _table(title: str, rows) -> None:
     _console().print(table)
 
 
-@weights_app.command("list")
+@weights_app.command("list", epilog="Examples:\n\n  imrseg weights list\n\n  imrseg weights list --json")
 def list_weights(namespace: HubNamespaceOption = None, as_json: JsonOption = False) -> None:
     """The registry of official checkpoints, marking those already in the cache."""
     from dataclasses import asdict
@@ -70,7 +70,7 @@ def list_weights(namespace: HubNamespaceOption = None, as_json: JsonOption = Fal
     _console().print(table)
 
 
-@weights_app.command("download")
+@weights_app.command("download", epilog="Examples:\n\n  imrseg weights download imr-hsnet-resnet50-pascal-fold0\n\n  imrseg weights download --all\n\n  HF_HOME=/data/hf imrseg weights download imr-hsnet-vgg16-coco-fold2")
 def download(
     names: Annotated[Optional[list[str]], typer.Argument(
         metavar="NAME", help="Registry names or Hub repo ids (owner/name, @revision optional); none: only "
@@ -93,7 +93,7 @@ def download(
     typer.echo(f"CLIP {clip.spec}: {fetch_clip(clip)[0]}")
 
 
-@weights_app.command("import")
+@weights_app.command("import", epilog="Examples:\n\n  imrseg weights import best_model.pt --out rn50-pascal-f0 --benchmark pascal --fold 0")
 def import_checkpoint(
     checkpoint: Annotated[Path, typer.Argument(help="The authors' best_model.pt.", show_default=False)],
     out: Annotated[Path, typer.Option("--out", help="Folder to write (config.json, model.safetensors, "
@@ -110,7 +110,7 @@ def import_checkpoint(
     typer.echo(f"sha256 {info.sha256}  {Path(info.path).name}")
 
 
-@weights_app.command("push")
+@weights_app.command("push", epilog="Examples:\n\n  imrseg weights push rn50-pascal-f0 myorg/imr-hsnet-resnet50-pascal-fold0")
 def push(
     folder: Annotated[Path, typer.Argument(help="A folder written by `imrseg weights import`.",
                                            show_default=False)],
@@ -125,7 +125,7 @@ def push(
     typer.echo(f"registry entry: \"repo_id\": \"{repo_id}\", \"revision\": \"{commit}\", \"sha256\": \"{sha256}\"")
 
 
-@weights_app.command("info")
+@weights_app.command("info", epilog="Examples:\n\n  imrseg weights info best_model.pt\n\n  imrseg weights info imr-hsnet-resnet50-pascal-fold0 --json\n\n  imrseg weights info myorg/my-checkpoint@v1")
 def info(
     spec: Annotated[Optional[str], typer.Argument(
         metavar="SPEC", help="Registry name, Hub repo id (owner/name, @revision optional), Hub-layout folder "
