@@ -49,7 +49,7 @@ def list_weights(namespace: HubNamespaceOption = None, as_json: JsonOption = Fal
 
     from rich.table import Table
 
-    from ..hub import BENCHMARK_TITLES, is_cached, load_registry
+    from ..hub import is_cached, load_registry
 
     rows = []
     for entry in load_registry().entries.values():
@@ -59,14 +59,18 @@ def list_weights(namespace: HubNamespaceOption = None, as_json: JsonOption = Fal
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
-    table = Table(title="IMR-HSNet checkpoints (1-shot mIoU: the paper's figure for the fold)")
-    for column in ("name", "backbone", "benchmark", "fold", "steps", "1-shot mIoU", "Hub repo", "cached"):
-        table.add_column(column, no_wrap=column in ("name", "Hub repo"))
+    # Repos named after their entry in one namespace go in the title, so the table fits 80 columns.
+    owners = {row["repo_id"].split("/")[0] for row in rows}
+    uniform = len(owners) == 1 and all(row["repo_id"].endswith("/" + row["name"]) for row in rows)
+    where = f"Hub repos {owners.pop()}/<name>" if uniform else "Hub repos as listed"
+    table = Table(title=f"IMR-HSNet checkpoints ({where}; 1-shot mIoU: the paper's figure for the fold)")
+    columns = ["name", "steps", "1-shot mIoU", "revision", "cached"] + ([] if uniform else ["Hub repo"])
+    for column in columns:
+        table.add_column(column, no_wrap=column == "name", overflow="fold")
     for row in rows:
         miou = f"{row['paper_miou']:.1f}" if row["paper_miou"] is not None else "-"
-        table.add_row(row["name"], row["backbone"], BENCHMARK_TITLES[row["benchmark"]], str(row["fold"]),
-                      str(row["steps"]), miou, f"{row['repo_id']}@{row['revision']}",
-                      "yes" if row["cached"] else "-")
+        cells = [row["name"], str(row["steps"]), miou, row["revision"], "yes" if row["cached"] else "-"]
+        table.add_row(*cells, *([] if uniform else [row["repo_id"]]))
     _console().print(table)
 
 
