@@ -63,8 +63,9 @@ class ChannelsLastGroupNorm(nn.GroupNorm):
         groups, per_group = self.num_groups, ch // self.num_groups
         runs = x.view(bsz, ha * wa, hb * wb, ch)
         n = ha * wa * hb * wb  # values per channel
-        shift = runs[:, 0].mean(dim=1)  # (B, C)
-        s1 = runs.sum(dim=2).sum(dim=1, dtype=torch.float64) - n * shift.double()  # sum of (x - shift)
+        partial = torch.float32  # fp16 / bf16 partial sums (under autocast) would lose too much
+        shift = runs[:, 0].mean(dim=1, dtype=partial)  # (B, C)
+        s1 = runs.sum(dim=2, dtype=partial).sum(dim=1, dtype=torch.float64) - n * shift.double()  # sum of x - shift
         s2 = (runs - shift.view(bsz, 1, 1, ch)).square_().sum(dim=2).sum(dim=1, dtype=torch.float64)
         mean = (s1 + n * shift.double()).view(bsz, groups, per_group).sum(dim=2) / (n * per_group)
         offset = mean.repeat_interleave(per_group, dim=1) - shift.double()  # mean - shift, per channel

@@ -31,7 +31,8 @@ class StageFeatures:
 
     @classmethod
     def from_taps(cls, taps: list[torch.Tensor]) -> "StageFeatures":
-        flat = torch.stack([t.flatten(2).transpose(1, 2) for t in taps], dim=1)
+        # float32 even under autocast: squared fp16 features overflow in the norm.
+        flat = torch.stack([t.flatten(2).transpose(1, 2) for t in taps], dim=1).float()
         norm = flat.norm(dim=-1)
         unit = flat / norm.clamp_min(torch.finfo(flat.dtype).tiny).unsqueeze(-1)
         return cls(unit, norm, tuple(taps[0].shape[-2:]))
