@@ -206,6 +206,8 @@ def _target_layer(visual: torch.nn.Module):
             patches = tokens[:, -grid[0] * grid[1]:]
             return patches.transpose(1, 2).reshape(patches.shape[0], -1, *grid)
 
-        return visual.transformer.resblocks[-1], to_grid
+        # The last block's output reaches the embedding through the class token only, so
+        # its patch tokens get no gradient; its input norm's output does (via attention).
+        return visual.transformer.resblocks[-1].ln_1, to_grid
     raise InputError(f"unsupported CLIP vision tower {type(visual).__name__}: "
                      "Grad-CAM needs a ModifiedResNet or a VisionTransformer")

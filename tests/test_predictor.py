@@ -105,3 +105,13 @@ def test_label_is_checked_before_work(recipe_net, cam):
         predictor.set_support([_image(0)], "  ")
     with pytest.raises(InputError, match="too long for CLIP"):
         predictor.set_support([_image(0)], "very " * 80 + "dog")
+
+
+def test_cam_works_with_a_vision_transformer_clip():
+    import open_clip
+
+    model = open_clip.create_model("ViT-B-32", pretrained=None)
+    cam = ClipCAM(model, open_clip.get_tokenizer("ViT-B-32"))
+    maps = cam([_image(12, (80, 60)), _image(13)], ["dog", "cat", "car"], [0, 2], size=50)
+    assert maps.shape == (2, 50, 50)
+    assert float(maps.min()) >= 0.0 and float(maps.max()) <= 1.0 and float(maps.max()) > 0.5
