@@ -154,9 +154,8 @@ def throughput(net, cam, device, steps, supports, queries) -> dict:
             pool = (queries * (2 * batch // len(queries) + 2))[: 2 * batch]
             try:
                 predictor.predict_batch(pool[:batch], steps)  # warm-up
-                seconds, _ = timed(lambda: predictor.predict_batch(pool, steps) if batch == 1 else
-                                   [predictor.predict_batch(pool[i:i + batch], steps)
-                                    for i in range(0, len(pool), batch)], device)
+                seconds, _ = timed(lambda: [predictor.predict_batch(pool[i:i + batch], steps)
+                                            for i in range(0, len(pool), batch)], device)
             except torch.cuda.OutOfMemoryError:
                 break
             rates[batch] = len(pool) / seconds

@@ -611,6 +611,10 @@ def resolve_clip(spec: str | None = None, device="cpu"):
     except (RuntimeError, ValueError, KeyError, OSError, pickle.UnpicklingError) as exc:
         raise CheckpointError(f"{source.spec}: {weights} does not load as open_clip "
                               f"{source.model_name or source.repo_id} ({_first_line(exc)})") from None
+    if model_name == DEFAULT_CLIP_MODEL:
+        from .cam import openai_fp16_round_trip
+
+        openai_fp16_round_trip(model)  # as the authors' clip.load (no-op for OpenAI's own weights)
     info = ClipInfo(spec=source.spec, kind=source.kind, model_name=model_name, path=str(weights),
                     repo_id=source.repo_id, revision=source.revision,
                     commit=_snapshot_commit(weights) if source.repo_id else None)

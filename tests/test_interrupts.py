@@ -2,7 +2,6 @@
 re-run finishes with the same masks as an uninterrupted run."""
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys

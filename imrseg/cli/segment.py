@@ -172,7 +172,7 @@ def _run(a: dict, zero_shot: bool) -> None:
     predictor, header = _load(a, device, precision, supports, drawn)
     steps = predictor.steps
     mine = {q: plan[q] for q in shard.take(list(plan))}
-    log_path = out / (RESULTS_FILE if not shard.distributed else f".results.rank{shard.rank}.jsonl")
+    log_path = _rank_log(out, shard.rank) if shard.distributed else out / RESULTS_FILE
 
     from ..runner import OutputOptions, StopOnInterrupt, segment_folder
 
@@ -214,14 +214,12 @@ def _run(a: dict, zero_shot: bool) -> None:
 
 def _load(a: dict, device, precision: str, supports, drawn):
     """Models, the predictor with its supports set, and the run header for results.jsonl."""
-    from ..cam import ClipCAM, openai_fp16_round_trip
-    from ..hub import DEFAULT_CLIP_MODEL, resolve_clip, resolve_weights
+    from ..cam import ClipCAM
+    from ..hub import resolve_clip, resolve_weights
     from ..predictor import Predictor
 
     model, info = resolve_weights(a["weights"], a["hub_namespace"], device=device)
     clip, tokenizer, clip_info = resolve_clip(a["clip_weights"], device=device)
-    if clip_info.model_name == DEFAULT_CLIP_MODEL:
-        openai_fp16_round_trip(clip)  # as the authors' clip.load (no-op for OpenAI's own weights)
     cam = ClipCAM(clip, tokenizer, template=a["prompt_template"], mode=a["cam_mode"].value, device=device)
     predictor = Predictor(model, cam, device=device, steps=a["steps"], vocabulary=a["vocab"],
                           precision=precision)
@@ -240,10 +238,7 @@ def _merge_ranks(out: Path, world: int, summary):
     from .. import io
     from ..runner import Outcome, Summary
 
-    rows = []
-    for rank in range(world):
-        part = out / f".results.rank{rank}.jsonl"
-        rows.append(io.read_results(part))
+    rows = [io.read_results(_rank_log(out, rank)) for rank in range(world)]
     merged = Summary(interrupted=summary.interrupted)
     with io.ResultsLog(out / RESULTS_FILE) as log:
         log.write({**rows[0][0], "rank": 0, "world": world})
@@ -256,8 +251,13 @@ def _merge_ranks(out: Path, world: int, summary):
                                        foreground_fraction=part[i]["foreground_fraction"],
                                        seconds=part[i]["seconds"]))
     for rank in range(world):
-        (out / f".results.rank{rank}.jsonl").unlink()
+        _rank_log(out, rank).unlink()
     return merged
+
+
+def _rank_log(out: Path, rank: int) -> Path:
+    """One rank's rows of a distributed run, merged into results.jsonl at the end."""
+    return out / f".results.rank{rank}.jsonl"
 
 
 def _report(summary, quiet: bool, as_json: bool, out: Path) -> None:

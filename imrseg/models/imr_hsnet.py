@@ -98,17 +98,18 @@ class IMRHSNet(IterativeMutualRefinement, PyTorchModelHubMixin,
             last = step == steps - 1
             q_factors = [mask_factor(s, m) for s, m in zip(query.stages, query_masks)]
             s_factors = [mask_factor(s, m) for s, m in zip(support.stages, support_masks)]
-            pyramid = [masked_correlation(c, qf, sf, q.size, s.size, out=buf) for c, qf, sf, q, s, buf
-                       in zip(cosines, q_factors, s_factors, query.stages, support.stages, buffers)]
-            q_logit, query_state = self.refine_step(self.hpn_learner(pyramid), query.mid_gates,
+
+            def pyramid(transpose: bool) -> list:
+                return [masked_correlation(c, qf, sf, q.size, s.size, transpose, out=buf) for c, qf, sf, q, s, buf
+                        in zip(cosines, q_factors, s_factors, query.stages, support.stages, buffers)]
+
+            q_logit, query_state = self.refine_step(self.hpn_learner(pyramid(False)), query.mid_gates,
                                                     query_prior, query_state)
             query_logits.append(q_logit)
             if last and not with_support:
                 support_logits.append(None)
                 break
-            pyramid = [masked_correlation(c, qf, sf, q.size, s.size, transpose=True, out=buf) for c, qf, sf, q, s, buf
-                       in zip(cosines, q_factors, s_factors, query.stages, support.stages, buffers)]
-            s_logit, support_state = self.refine_step(self.hpn_learner(pyramid), support_mid,
+            s_logit, support_state = self.refine_step(self.hpn_learner(pyramid(True)), support_mid,
                                                       support_prior, support_state)
             support_logits.append(s_logit)
             if last:
