@@ -29,14 +29,17 @@ import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+# The recipe weights are a test fixture: the same deterministic weights the golden outputs use.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 import authors_pipeline  # noqa: E402
 
 from imrseg.cam import ClipCAM, openai_fp16_round_trip  # noqa: E402
-from imrseg.classes import PASCAL_CLASSES  # noqa: E402
+from imrseg.evaluation.classes import PASCAL_CLASSES  # noqa: E402
 from imrseg.devices import check_precision, resolve_device  # noqa: E402
 from imrseg.models import IMRHSNet  # noqa: E402
-from imrseg.predictor import Predictor, network_input  # noqa: E402
-from imrseg.recipe import apply_recipe  # noqa: E402
+from imrseg.predictor import Predictor
+from imrseg.transforms import network_input  # noqa: E402
+from recipe import apply_recipe  # noqa: E402
 from imrseg.vocabulary import background_vocabulary  # noqa: E402
 
 LABEL = "dog"

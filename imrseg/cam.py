@@ -16,11 +16,10 @@ import torch
 from PIL import Image
 
 from .errors import InputError
+from .transforms import CAM_SIZE, CLIP_MODES, clip_input
+from .vocabulary import DEFAULT_TEMPLATE
 
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-DEFAULT_TEMPLATE = "a photo of a {c}"
-CAM_MODES = ("official", "full")
+CAM_MODES = CLIP_MODES
 CAM_BATCH = 16
 
 
@@ -81,23 +80,7 @@ class ClipCAM:
     # ------------------------------------------------------------ preprocessing
     def preprocess(self, image: Image.Image) -> torch.Tensor:
         """PIL image -> normalised (3, S, S) tensor."""
-        size = self.input_size
-        image = image.convert("RGB")
-        if self.mode == "full":
-            image = image.resize((size, size), Image.BICUBIC)
-        else:
-            w, h = image.size
-            if w <= h:
-                new = (size, int(size * h / w))
-            else:
-                new = (int(size * w / h), size)
-            image = image.resize(new, Image.BICUBIC)
-            left, top = int(round((new[0] - size) / 2.0)), int(round((new[1] - size) / 2.0))
-            image = image.crop((left, top, left + size, top + size))
-        x = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)
-        mean = torch.tensor(CLIP_MEAN).view(3, 1, 1)
-        std = torch.tensor(CLIP_STD).view(3, 1, 1)
-        return (x - mean) / std
+        return clip_input(image, self.input_size, self.mode)
 
     # --------------------------------------------------------------------- text
     def check_label(self, label: str) -> None:
@@ -114,15 +97,12 @@ class ClipCAM:
         return self._text_cache[key]
 
     # ------------------------------------------------------------------- images
-    def _batch(self, images: Sequence[Image.Image]) -> torch.Tensor:
+    def batch(self, images: Sequence[Image.Image]) -> torch.Tensor:
         return torch.stack([self.preprocess(im) for im in images]).to(self.device)
 
-    def probabilities(self, images: Sequence[Image.Image], classnames: Sequence[str]) -> torch.Tensor:
-        """Softmax over 100 x cosine similarity, (N, C)."""
-        with torch.no_grad():
-            return self._probs(self._batch(images), self.text_features(classnames))
-
-    def _probs(self, batch: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+    def probabilities(self, batch: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        """Softmax over 100 x cosine similarity of a preprocessed batch against unit
+        text embeddings, (N, C): what Grad-CAM differentiates."""
         feats = self.model.encode_image(batch).float()
         feats = feats / feats.norm(dim=-1, keepdim=True)
         return (100.0 * feats @ text.T).softmax(dim=-1)
@@ -133,7 +113,7 @@ class ClipCAM:
         if len(images) != len(targets):
             raise ValueError(f"{len(images)} images but {len(targets)} targets")
         text = self.text_features(classnames)
-        out = [self._maps_batch(self._batch(images[i:i + CAM_BATCH]), text, targets[i:i + CAM_BATCH])
+        out = [self._maps_batch(self.batch(images[i:i + CAM_BATCH]), text, targets[i:i + CAM_BATCH])
                for i in range(0, len(images), CAM_BATCH)]
         return np.concatenate(out) if out else np.zeros((0, self.input_size, self.input_size), np.float32)
 
@@ -149,7 +129,7 @@ class ClipCAM:
         handle = self.target_layer.register_forward_hook(hook)
         try:
             with torch.enable_grad():
-                probs = self._probs(batch, text)
+                probs = self.probabilities(batch, text)
                 index = torch.as_tensor(list(targets), device=probs.device)
                 score = probs.gather(1, index[:, None]).sum()
                 (grads,) = torch.autograd.grad(score, captured["act"])
@@ -162,7 +142,7 @@ class ClipCAM:
         return np.stack([postprocess_cam(r, self.input_size) for r in raw])
 
     def __call__(self, images: Sequence[Image.Image], classnames: Sequence[str],
-                 targets: Sequence[int], size: int = 50) -> torch.Tensor:
+                 targets: Sequence[int], size: int = CAM_SIZE) -> torch.Tensor:
         """Coarse masks (N, size, size) in [0, 1], resized with cv2 as the authors."""
         maps = self.maps(images, classnames, targets)
         return torch.from_numpy(np.stack([cv2.resize(m, (size, size)) for m in maps])

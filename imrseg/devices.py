@@ -35,6 +35,12 @@ def resolve_device(spec: str = "auto"):
     raise InputError(f"--device {spec}: unknown device; use auto, cpu, cuda, cuda:N or mps")
 
 
+def default_batch_size(device) -> int:
+    """Queries per forward pass when --batch-size is not given, for every command:
+    8 on a CUDA GPU, 2 elsewhere (CPU and MPS, where larger batches gain nothing)."""
+    return 8 if device.type == "cuda" else 2
+
+
 def check_precision(precision: str, device) -> str:
     if precision not in PRECISIONS:
         raise InputError(f"--precision {precision}: expected one of {', '.join(PRECISIONS)}")

@@ -1,4 +1,8 @@
-"""Errors a user can act on. The CLI prints their message as one line, no traceback."""
+"""Errors a user can act on. The CLI prints their message as one line, no traceback;
+`show_path` and `one_line` keep paths and library messages to that one line."""
+from __future__ import annotations
+
+import os
 
 
 class ImrsegError(Exception):
@@ -11,3 +15,18 @@ class CheckpointError(ImrsegError):
 
 class InputError(ImrsegError):
     """An image or argument that cannot be used."""
+
+
+def show_path(path: os.PathLike | str) -> str:
+    """The path as one printable line: control characters and undecodable bytes escaped."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(path))
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception's message on one line (Pillow's and the Hub client's may span several)."""
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__
+
+
+class Note(UserWarning):
+    """Something a user should know once (not an error): the CLI prints it as one line."""

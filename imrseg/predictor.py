@@ -3,6 +3,7 @@
 Everything about the supports (backbone features, CAMs) and the label's text
 embeddings is computed once in `set_support`; `predict_batch` then encodes each
 query once and reuses its features for every support and every refinement step.
+`Predictor.from_pretrained` goes from weight specs to a ready predictor in one line.
 """
 from __future__ import annotations
 
@@ -10,34 +11,15 @@ import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-import cv2
 import numpy as np
 import torch
 from PIL import Image
 
-from .devices import autocast
+from .devices import autocast, check_precision, resolve_device
 from .errors import InputError
-from .models import IMRHSNet, ImageFeatures, upsample_logits, vote
-from .models.imr_hsnet import INPUT_SIZE
-from .vocabulary import background_vocabulary
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-CAM_SIZE = 50
-
-
-def network_input(image: Image.Image) -> torch.Tensor:
-    """PIL image -> normalised (3, 400, 400), as the authors' test transform
-    (PIL bilinear resize, ToTensor, ImageNet mean/std)."""
-    image = image.convert("RGB").resize(INPUT_SIZE[::-1], Image.BILINEAR)
-    x = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)
-    return (x - torch.tensor(IMAGENET_MEAN).view(3, 1, 1)) / torch.tensor(IMAGENET_STD).view(3, 1, 1)
-
-
-def mask_to_cam(mask: np.ndarray, size: int = CAM_SIZE) -> torch.Tensor:
-    """A drawn 0/1 mask as a (size, size) coarse mask (area-averaged)."""
-    return torch.from_numpy(cv2.resize(np.asarray(mask, dtype=np.float32), (size, size),
-                                       interpolation=cv2.INTER_AREA))
+from .models import IMRHSNet, ImageFeatures
+from .transforms import CAM_SIZE, mask_to_cam, network_input
+from .vocabulary import DEFAULT_TEMPLATE, background_vocabulary
 
 
 @dataclass
@@ -48,7 +30,6 @@ class Prediction:
     prob: np.ndarray  # (H, W) float32 foreground probability (mean over the supports)
     cam: np.ndarray  # (50, 50) float32 CLIP-CAM of the query
     step_masks: list = field(default_factory=list)  # (H, W) bool after each step
-    logits: np.ndarray | None = None  # (K, 2, 100, 100) the network's last-step logits per support
 
     @property
     def foreground_fraction(self) -> float:
@@ -74,8 +55,31 @@ class Predictor:
         self.steps = steps or model.steps
         self.extra_vocabulary = list(vocabulary) if vocabulary else None
         self.label: str | None = None
+        self.weights_info = self.clip_info = None  # where the weights came from, when built from specs
         self._support: ImageFeatures | None = None
         self._support_cams: torch.Tensor | None = None
+
+    @classmethod
+    def from_pretrained(cls, weights: str | None = None, clip: str | None = None, device: str = "auto",
+                        precision: str = "fp32", steps: int | None = None, vocabulary: Sequence[str] | None = None,
+                        template: str | None = None, cam_mode: str = "official",
+                        hub_namespace: str | None = None) -> "Predictor":
+        """A ready predictor from weight specs (see `imrseg.hub`): `weights` any
+        `--weights` spec (default: the registry's default checkpoint), `clip` any
+        `--clip-weights` spec (default: OpenAI's RN50). `steps` None: the checkpoint's."""
+        from .cam import ClipCAM
+        from .hub import resolve_clip, resolve_steps, resolve_weights
+
+        torch_device = resolve_device(device) if isinstance(device, str) else torch.device(device)
+        precision = check_precision(precision, torch_device)
+        model, weights_info = resolve_weights(weights, hub_namespace, device=torch_device)
+        clip_model, tokenizer, clip_info = resolve_clip(clip, device=torch_device)
+        cam = ClipCAM(clip_model, tokenizer, template=template or DEFAULT_TEMPLATE, mode=cam_mode,
+                      device=torch_device)
+        predictor = cls(model, cam, device=torch_device, steps=resolve_steps(weights_info, steps),
+                        vocabulary=vocabulary, precision=precision)
+        predictor.weights_info, predictor.clip_info = weights_info, clip_info
+        return predictor
 
     # ----------------------------------------------------------------- support
     @property
@@ -131,36 +135,21 @@ class Predictor:
         (default: each image's size, e.g. the full size when `images` were reduced)."""
         if self._support is None:
             raise InputError("no support set: call set_support first")
-        cams = self.query_cams(images)
-        with self._network():
-            query = self.model.encode(self._inputs(images))
-            per_support = [self.model.refine(query, self._support.index(slice(k, k + 1)), cams,
-                                             self._support_cams[k:k + 1], steps or self.steps,
-                                             with_support=False)[0]
-                           for k in range(self.num_supports)]
-        return self._collect(per_support, cams, images, sizes)
+        shots = [(self._support.index(slice(k, k + 1)), self._support_cams[k:k + 1])
+                 for k in range(self.num_supports)]
+        return self._segment(images, shots, steps, sizes)
 
     def predict_zero_shot(self, images: Sequence[Image.Image], label: str, steps: int | None = None,
                           sizes: Sequence[tuple] | None = None) -> list[Prediction]:
         """The paper's zero-shot mode: each query is its own support."""
         self.label = label
-        cams = self.query_cams(images)
-        with self._network():
-            feats = self.model.encode(self._inputs(images))
-            logits = self.model.refine(feats, feats, cams, cams, steps or self.steps, with_support=False)[0]
-        return self._collect([logits], cams, images, sizes)
+        return self._segment(images, None, steps, sizes)
 
-    def _collect(self, per_support, cams, images, sizes) -> list[Prediction]:
-        """per_support: K lists (steps) of (B,2,100,100) logits -> Predictions at full size."""
-        out = []
-        for b, image in enumerate(images):
-            w, h = sizes[b] if sizes else image.size
-            step_masks = []
-            for step in range(len(per_support[0])):
-                logits = torch.cat([upsample_logits(s[step][b:b + 1].float(), (h, w)) for s in per_support])
-                step_masks.append(vote(logits.argmax(dim=1)[None])[0].bool().cpu().numpy())
-            prob = logits.softmax(dim=1)[:, 1].mean(dim=0)  # of the last step
-            last = torch.cat([s[-1][b:b + 1] for s in per_support]).float().cpu().numpy()
-            out.append(Prediction(step_masks[-1], prob.float().cpu().numpy(),
-                                  cams[b].float().cpu().numpy(), step_masks, last))
-        return out
+    def _segment(self, images, shots, steps, sizes) -> list[Prediction]:
+        cams = self.query_cams(images)
+        out_sizes = [(h, w) for w, h in (sizes or [im.size for im in images])]
+        with self._network():
+            query = self.model.encode(self._inputs(images))
+            results = self.model.segment(query, cams, shots, steps or self.steps, out_sizes, every_step=True)
+        return [Prediction(r.mask.cpu().numpy(), r.prob.float().cpu().numpy(), cams[b].float().cpu().numpy(),
+                           [m.cpu().numpy() for m in r.step_masks]) for b, r in enumerate(results)]

@@ -1,4 +1,5 @@
-"""The competitors a free-text label's CLIP softmax is taken against.
+"""The words CLIP sees: the prompt template, and the competitors a free-text
+label's CLIP softmax is taken against.
 
 Grad-CAM differentiates the label's softmax probability, which needs other
 classes to compete with. By default these are the PASCAL VOC and COCO class
@@ -7,6 +8,8 @@ the label's own probability)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+
+DEFAULT_TEMPLATE = "a photo of a {c}"  # the authors' prompt
 
 SYNONYMS = [
     {"aeroplane", "airplane", "plane", "aircraft"},
@@ -34,7 +37,7 @@ def _same_thing(a: str, b: str) -> bool:
 
 def background_vocabulary(label: str, background: Sequence[str] | None = None) -> list[str]:
     """[label, competitors...]: `background` replaces the default PASCAL + COCO names."""
-    from .classes import COCO_CLASSES, PASCAL_CLASSES
+    from .evaluation.classes import COCO_CLASSES, PASCAL_CLASSES
 
     names = list(background) if background is not None else list(PASCAL_CLASSES) + list(COCO_CLASSES)
     out, seen = [label], {_norm(label)}

@@ -18,7 +18,7 @@ def recipe_net():
     import torch
 
     from imrseg.models import IMRHSNet
-    from imrseg.recipe import apply_recipe
+    from recipe import apply_recipe
 
     torch.manual_seed(0)
     return apply_recipe(IMRHSNet("resnet50"))
@@ -29,7 +29,7 @@ def recipe_clip():
     import open_clip
 
     from imrseg.cam import openai_fp16_round_trip
-    from imrseg.recipe import apply_recipe
+    from recipe import apply_recipe
 
     model = open_clip.create_model("RN50-quickgelu", pretrained=None)
     return openai_fp16_round_trip(apply_recipe(model))
@@ -42,7 +42,7 @@ def recipe_weight_files(recipe_net, tmp_path_factory):
     import open_clip
     import torch
 
-    from imrseg.recipe import apply_recipe
+    from recipe import apply_recipe
 
     folder = tmp_path_factory.mktemp("weights")
     net_file, clip_file = folder / "best_model.pt", folder / "clip_rn50.pt"

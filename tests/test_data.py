@@ -17,8 +17,11 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from imrseg.data import (BenchmarkData, Split, download_split, ground_truth, load_split, locate_split,
-                         nearest_resize, safe_loads, sample_episodes, splits)
+from imrseg.evaluation import splits
+from imrseg.evaluation.datasets import BenchmarkData, ground_truth, nearest_resize
+from imrseg.evaluation.episodes import sample_episodes
+from imrseg.evaluation.safe_pickle import safe_loads
+from imrseg.evaluation.splits import Split, download_split, load_split, locate_split
 from imrseg.errors import ImrsegError, InputError
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "splits"

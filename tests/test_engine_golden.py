@@ -7,8 +7,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from authors_reference import predict_mask_nshot
 from imrseg.cam import ClipCAM
-from imrseg.classes import PASCAL_CLASSES
+from imrseg.evaluation.classes import PASCAL_CLASSES
 
 TOL = 1e-4
 
@@ -48,12 +49,19 @@ def test_forward_returns_400px_logits_of_last_step(recipe_net, golden_net):
 
 
 def test_five_shot_vote_matches_authors(recipe_net, golden_net):
+    """imrseg's one refine-and-vote (`IMRHSNet.segment`) and the authors' procedure
+    written out in tests/authors_reference.py both give the golden 5-shot mask."""
     g = golden_net
     supports = torch.stack([_input(g["base_support"][:, k]) for k in range(5)], dim=1)
+    query_cam, support_cams = torch.from_numpy(g["cam_query"]), torch.from_numpy(g["cam_support"])
     with torch.inference_mode():
-        pred = recipe_net.predict_mask_nshot(_input(g["base_query"]), supports, torch.from_numpy(g["cam_query"]),
-                                             torch.from_numpy(g["cam_support"]), steps=2)
+        reference = predict_mask_nshot(recipe_net, _input(g["base_query"]), supports, query_cam, support_cams, steps=2)
+        shots = [(recipe_net.encode(supports[:, k]), support_cams[:, k]) for k in range(5)]
+        voted = recipe_net.segment(recipe_net.encode(_input(g["base_query"])), query_cam, shots, steps=2)
     expected = np.unpackbits(g["pred_5shot_stage2"]).reshape(2, 400, 400)
+    assert reference.shape == (2, 400, 400)
+    assert (reference.numpy().astype(np.uint8) != expected).sum() == 0
+    pred = torch.stack([r.mask for r in voted])
     assert pred.shape == (2, 400, 400)
     assert (pred.numpy().astype(np.uint8) != expected).sum() == 0
 
@@ -71,7 +79,9 @@ def test_clip_preprocessing_matches(recipe_clip, golden_cam):
 
 def test_clip_probabilities_match(recipe_clip, golden_cam):
     g, image = golden_cam
-    probs = ClipCAM(recipe_clip).probabilities([image], PASCAL_CLASSES)
+    cam = ClipCAM(recipe_clip)
+    with torch.no_grad():
+        probs = cam.probabilities(cam.batch([image]), cam.text_features(PASCAL_CLASSES))
     assert np.abs(probs.numpy() - g["probs"]).max() <= TOL
 
 

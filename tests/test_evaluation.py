@@ -10,10 +10,16 @@ import pytest
 import torch
 from PIL import Image
 
-from imrseg.data import BenchmarkData, Episode, ground_truth, sample_episodes, splits
+from authors_reference import predict_mask_nshot
 from imrseg.errors import InputError
-from imrseg.evaluation import CamSource, EvalSettings, IoUMeter, RunState, evaluate, intersection_union
-from imrseg.predictor import network_input
+from imrseg.evaluation import splits
+from imrseg.evaluation.cam_cache import CamSource
+from imrseg.evaluation.datasets import BenchmarkData, ground_truth
+from imrseg.evaluation.episodes import Episode, sample_episodes
+from imrseg.evaluation.loop import EvalSettings, evaluate
+from imrseg.evaluation.metrics import IoUMeter, intersection_union
+from imrseg.evaluation.state import RunState
+from imrseg.transforms import network_input
 
 
 # ------------------------------------------------------------------ metrics
@@ -166,8 +172,8 @@ def test_batched_runner_matches_the_engines_k_shot_vote(recipe_net, tiny_voc):
                             for e in episodes])
     cams = [cam_source.get([data.image_path(n) for n in (e.query, *e.supports)], [0] * 3, None) for e in episodes]
     with torch.inference_mode():
-        preds = recipe_net.predict_mask_nshot(queries, supports, torch.stack([c[0] for c in cams]),
-                                              torch.stack([c[1:] for c in cams]), steps=1).numpy()
+        preds = predict_mask_nshot(recipe_net, queries, supports, torch.stack([c[0] for c in cams]),
+                                   torch.stack([c[1:] for c in cams]), steps=1).numpy()
     expected = np.zeros(2, np.int64)
     for episode, pred in zip(episodes, preds):
         fg, ignore = ground_truth(data.read_mask(episode.query), "pascal", 0, (400, 400))

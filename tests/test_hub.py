@@ -17,11 +17,12 @@ import torch
 from huggingface_hub import constants as hf_constants
 from safetensors.torch import load, load_file, save, save_file
 
-from imrseg import hub
-from imrseg.classes import COCO_CLASSES, NUM_FOLDS, PASCAL_CLASSES, fold_class_names
+from imrseg import hub, paths
+from imrseg.hub import download, publish
+from imrseg.evaluation.classes import COCO_CLASSES, NUM_FOLDS, PASCAL_CLASSES, fold_class_names
 from imrseg.errors import CheckpointError, ImrsegError
 from imrseg.models import IMRHSNet
-from imrseg.recipe import recipe_state_dict
+from recipe import recipe_state_dict
 
 NAME = "imr-hsnet-resnet50-pascal-fold0"
 REPO = f"imrseg/{NAME}"
@@ -141,7 +142,7 @@ def converted(tmp_path_factory):
     root = tmp_path_factory.mktemp("checkpoint")
     state_dict = recipe_state_dict(IMRHSNet("resnet50"))
     torch.save({f"module.{k}": v for k, v in state_dict.items()}, root / "best_model.pt")
-    info = hub.import_official(root / "best_model.pt", root / "converted", "pascal", 0)
+    info = publish.import_official(root / "best_model.pt", root / "converted", "pascal", 0)
     files = {f: (root / "converted" / f).read_bytes() for f in (hub.CONFIG_FILE, hub.WEIGHTS_FILE)}
     return SimpleNamespace(state_dict=state_dict, pt=root / "best_model.pt", folder=root / "converted",
                            files=files, sha256=info.sha256)
@@ -164,7 +165,9 @@ def same_weights(model, state_dict) -> bool:
 def patch_entry(monkeypatch, name: str = NAME, **changes) -> None:
     registry = hub.load_registry()
     entries = {**registry.entries, name: dataclasses.replace(registry.entries[name], **changes)}
-    monkeypatch.setattr(hub, "load_registry", lambda: hub.Registry(registry.paper, entries))
+    patched = hub.Registry(registry.paper, entries)
+    for module in (hub, hub.weights, publish):  # every module that reads the registry
+        monkeypatch.setattr(module, "load_registry", lambda: patched)
 
 
 # ------------------------------------------------------------------- registry
@@ -189,9 +192,11 @@ def test_registry_has_one_entry_per_official_checkpoint():
     assert registry.paper["arxiv"] == "2303.05646"
 
 
-def test_registry_file_is_plain_json_in_weights():
-    path = hub.registry_path()
-    assert path == Path(__file__).resolve().parent.parent / "weights" / "registry.json"
+def test_registry_file_is_plain_json_in_the_package():
+    from importlib import resources
+
+    path = resources.files("imrseg.hub").joinpath("registry.json")
+    assert Path(str(path)) == Path(__file__).resolve().parent.parent / "imrseg" / "hub" / "registry.json"
     assert len(json.loads(path.read_text())["entries"]) == 16
 
 
@@ -228,14 +233,14 @@ def test_an_unknown_name_suggests_the_closest_registry_names():
 def test_the_hub_environment_is_read_when_used(monkeypatch, tmp_path):
     monkeypatch.delenv("HF_HUB_CACHE")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "home"))
-    assert hub.hf_cache_dir() == str(tmp_path / "home" / "hub")
+    assert paths.hf_cache_dir() == str(tmp_path / "home" / "hub")
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))
-    assert hub.hf_cache_dir() == str(tmp_path / "cache")
+    assert paths.hf_cache_dir() == str(tmp_path / "cache")
     monkeypatch.setenv("HF_ENDPOINT", "http://mirror.example/")
-    assert hub.hf_endpoint() == "http://mirror.example"
-    assert not hub.hf_offline()
+    assert download.hf_endpoint() == "http://mirror.example"
+    assert not download.hf_offline()
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    assert hub.hf_offline()
+    assert download.hf_offline()
 
 
 def test_download_then_the_cache_is_reused(fake_hub, converted, isolated_hf):

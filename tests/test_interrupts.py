@@ -12,7 +12,7 @@ import pytest
 
 from conftest import write_image
 from imrseg.errors import ImrsegError
-from imrseg.runner import predict_with_backoff
+from imrseg.runner.batches import predict_with_backoff
 
 pytestmark = pytest.mark.slow
 QUERIES = 5

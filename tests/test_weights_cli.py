@@ -11,6 +11,7 @@ import pytest
 from huggingface_hub import HfApi
 
 from imrseg import hub
+from imrseg.hub import publish
 from imrseg.cli import main
 from test_hub import DRIVE, NAME, REPO, converted, fake_hub, isolated_hf, same_weights, tiny_clip_repo  # noqa: F401
 
@@ -58,7 +59,7 @@ def test_download_fetches_weights_and_clip_then_list_marks_them(cli, fake_hub, c
 def test_download_all(cli, fake_hub):
     fake_hub.publish(TINY_CLIP, tiny_clip_repo())
     for entry in hub.load_registry().entries.values():  # downloading does not load, so any bytes do
-        config = hub.checkpoint_config(entry.backbone, entry.benchmark, entry.fold)
+        config = publish.checkpoint_config(entry.backbone, entry.benchmark, entry.fold)
         fake_hub.publish(entry.repo_id, {hub.CONFIG_FILE: json.dumps(config).encode(), hub.WEIGHTS_FILE: b"w"})
     result = cli("weights", "download", "--all", "--clip-weights", TINY_CLIP)
     assert result.code == 0 and len(result.out.splitlines()) == 17

@@ -9,7 +9,7 @@ import warnings
 import typer
 from typer.core import TyperGroup
 
-from ..errors import ImrsegError
+from ..errors import ImrsegError, Note
 
 EXIT_INPUT_FAILED = 1
 EXIT_USAGE = 2
@@ -41,8 +41,20 @@ def _register() -> None:
     from . import commands  # noqa: F401  (registers the commands on `app`)
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Notes are one line on stderr; other warnings as Python shows them."""
+    if issubclass(category, Note):
+        typer.echo(f"imrseg: note: {message}", err=True)
+    else:
+        _python_show_warning(message, category, filename, lineno, file, line)
+
+
+_python_show_warning = warnings.showwarning
+
+
 def main() -> None:
     _register()
+    warnings.showwarning = _show_warning
     # Damaged metadata in users' images is reported per file; Pillow's warnings add nothing.
     warnings.filterwarnings("ignore", category=UserWarning, module="PIL")
     try:

@@ -11,14 +11,10 @@ import typer
 
 from ..errors import InputError
 from . import app
-from .options import BatchSizeOption, ClipWeightsOption, DeviceOption, HubNamespaceOption, StepsOption, WeightsOption
+from ..evaluation.classes import BENCHMARK_TITLES, NUM_FOLDS
+from .options import Backbone, BatchSizeOption, Benchmark, ClipWeightsOption, DeviceOption, HubNamespaceOption, StepsOption, WeightsOption
 
-FOLDS = ("0", "1", "2", "3", "all")
-
-
-class Benchmark(str, Enum):
-    pascal = "pascal"
-    coco = "coco"
+FOLDS = tuple(str(f) for f in range(NUM_FOLDS)) + ("all",)
 
 
 class Method(str, Enum):
@@ -26,15 +22,10 @@ class Method(str, Enum):
     cam = "cam"
 
 
-class Backbone(str, Enum):
-    resnet50 = "resnet50"
-    vgg16 = "vgg16"
-
-
 def _folds(fold: str) -> list[int]:
     if fold not in FOLDS:
         raise InputError(f"--fold must be one of {', '.join(FOLDS)}, not {fold!r}")
-    return [0, 1, 2, 3] if fold == "all" else [int(fold)]
+    return list(range(NUM_FOLDS)) if fold == "all" else [int(fold)]
 
 
 def _paper_miou(backbone: str, settings) -> float | None:
@@ -98,7 +89,9 @@ def eval_command(
     Same episodes, metrics and resolution; an interrupted run resumes when
     started again with the same arguments. Without --weights each fold uses
     its own registry checkpoint; with it, every fold uses those weights."""
-    from ..data import BenchmarkData, cache_root, load_split
+    from ..evaluation.datasets import BenchmarkData
+    from ..evaluation.splits import load_split
+    from ..paths import cache_root
 
     folds = _folds(fold)
     if zero_shot and method is Method.cam:
@@ -113,18 +106,20 @@ def eval_command(
     from rich.console import Console
 
     from ..cam import ClipCAM
-    from ..classes import BENCHMARK_CLASSES
-    from ..devices import resolve_device
-    from ..evaluation import CamSource, EvalSettings, RunState, file_digest
-    from ..hub import DEFAULT_STEPS, load_registry, resolve_clip, resolve_weights
-
+    from ..devices import default_batch_size, resolve_device
     from ..distributed import current_shard, start, stop
+    from ..durable import file_sha256
+    from ..evaluation.cam_cache import CamSource
+    from ..evaluation.classes import BENCHMARK_CLASSES, paper_steps
+    from ..evaluation.loop import EvalSettings
+    from ..evaluation.state import RunState
+    from ..hub import load_registry, resolve_clip, resolve_steps, resolve_weights
 
     shard = current_shard()
     torch_device = start(shard, resolve_device(device))
     console = Console(quiet=not shard.is_main)
     clip_model, tokenizer, clip_info = resolve_clip(clip_weights, device=torch_device)
-    clip_id = f"{clip_info.model_name}:{file_digest(Path(clip_info.path))}"
+    clip_id = f"{clip_info.model_name}:{file_sha256(clip_info.path)}"
     cam = ClipCAM(clip_model, tokenizer, mode="official", device=torch_device)
     # The authors' vocabulary: the benchmark's own class list, "a photo of a {c}".
     cams = CamSource(cam, BENCHMARK_CLASSES[benchmark.value], clip_id, None if no_cache else cache_root())
@@ -145,10 +140,9 @@ def eval_command(
                                                                                                split.fold):
             typer.echo(f"imrseg: warning: {info.spec} was trained for {info.benchmark} fold {info.fold}; "
                        f"its test classes are not {benchmark.value} fold {split.fold}'s", err=True)
-        default_steps = model.steps if model is not None and model.benchmark else DEFAULT_STEPS[benchmark.value]
-        settings = EvalSettings(benchmark.value, split.fold, shots, episodes, seed,
-                                default_steps if steps is None else steps, method.value, zero_shot, original_size,
-                                batch_size or (2 if torch_device.type == "cpu" else 8))
+        run_steps = resolve_steps(info, steps, benchmark.value) if info is not None else steps or paper_steps(benchmark.value)
+        settings = EvalSettings(benchmark.value, split.fold, shots, episodes, seed, run_steps, method.value,
+                                zero_shot, original_size, batch_size or default_batch_size(torch_device))
         setting = settings.state_setting(split, data.root, info.sha256 if info else None, clip_id, cam.mode)
         # Ranks of a distributed run share no state file: such a run is not resumable.
         state = None if shard.distributed else RunState(cache_root() / "eval" / f"{RunState.key(setting)}.jsonl",
@@ -183,7 +177,7 @@ def _run_fold(settings, split, data, model, cams, state, device, shard):
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
                                TimeRemainingColumn)
 
-    from ..evaluation import evaluate
+    from ..evaluation.loop import evaluate
 
     label = f"{settings.benchmark} fold {settings.fold}"
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -203,8 +197,6 @@ def _run_fold(settings, split, data, model, cams, state, device, shard):
 
 def _print_fold(console, result, paper: float | None) -> None:
     from rich.table import Table
-
-    from ..hub import BENCHMARK_TITLES
 
     s = result.settings
     mode = "zero-shot" if s.zero_shot else f"{s.shots}-shot"
@@ -249,7 +241,7 @@ def _print_row(console, results) -> None:
 
 
 def _write_report(path: Path, results) -> None:
-    from ..io import atomic_write_bytes
+    from ..durable import atomic_write_bytes
 
     if len(results) == 1:
         doc = results[0].to_dict()

@@ -7,6 +7,16 @@ from typing import Annotated, Optional
 import typer
 
 
+class Benchmark(str, Enum):
+    pascal = "pascal"
+    coco = "coco"
+
+
+class Backbone(str, Enum):
+    resnet50 = "resnet50"
+    vgg16 = "vgg16"
+
+
 class CamMode(str, Enum):
     official = "official"
     full = "full"
@@ -37,7 +47,7 @@ PrecisionOption = Annotated[Precision, typer.Option(
 StepsOption = Annotated[Optional[int], typer.Option(
     "--steps", "-n", help="Refinement steps (default: the checkpoint's, 2 for PASCAL, 3 for COCO).")]
 BatchSizeOption = Annotated[Optional[int], typer.Option(
-    "--batch-size", "-b", help="Queries per forward pass (default: 8 on GPU, 2 on CPU).")]
+    "--batch-size", "-b", help="Queries per forward pass (default: 8 on a CUDA GPU, 2 on CPU or MPS).")]
 CamModeOption = Annotated[CamMode, typer.Option(
     "--cam-mode", help="CLIP-CAM preprocessing: official (centre crop, as the authors) or full "
                        "(whole image, aligned with what the network sees).")]

@@ -3,14 +3,14 @@ files and publishing them. torch and the Hub client are imported inside the comm
 from __future__ import annotations
 
 import json
-from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
 from . import app
-from .options import ClipWeightsOption, HubNamespaceOption, JsonOption
+from ..evaluation.classes import BENCHMARK_TITLES, NUM_FOLDS
+from .options import Benchmark, ClipWeightsOption, HubNamespaceOption, JsonOption
 
 weights_app = typer.Typer(
     name="weights",
@@ -18,11 +18,6 @@ weights_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(weights_app)
-
-
-class Benchmark(str, Enum):
-    pascal = "pascal"
-    coco = "coco"
 
 
 def _console():
@@ -103,10 +98,10 @@ def import_checkpoint(
     out: Annotated[Path, typer.Option("--out", help="Folder to write (config.json, model.safetensors, "
                                                     "README.md).", show_default=False)],
     benchmark: Annotated[Optional[Benchmark], typer.Option(help="Benchmark it was trained on.")] = None,
-    fold: Annotated[Optional[int], typer.Option(min=0, max=3, help="Its test fold (needs --benchmark).")] = None,
+    fold: Annotated[Optional[int], typer.Option(min=0, max=NUM_FOLDS - 1, help="Its test fold (needs --benchmark).")] = None,
 ) -> None:
     """Convert an authors' best_model.pt to the Hub layout; nothing pickled is written."""
-    from ..hub import import_official
+    from ..hub.publish import import_official
 
     info = import_official(checkpoint, out, benchmark.value if benchmark else None, fold)
     typer.echo(f"{out}: {info.backbone}, benchmark {info.benchmark or 'unknown'}, "
@@ -122,7 +117,7 @@ def push(
     private: Annotated[bool, typer.Option("--private", help="Create the repository private.")] = False,
 ) -> None:
     """Publish a converted folder to the Hub with a generated model card."""
-    from ..hub import push_folder
+    from ..hub.publish import push_folder
 
     url, commit, sha256 = push_folder(folder, repo_id, private=private)
     typer.echo(f"published {url}")
@@ -138,7 +133,7 @@ def info(
     as_json: JsonOption = False,
 ) -> None:
     """Resolve and load a --weights spec, and say what it is and where it came from."""
-    from ..hub import BENCHMARK_TITLES, resolve_weights
+    from ..hub import resolve_weights
 
     _, found = resolve_weights(spec, namespace)
     if as_json:

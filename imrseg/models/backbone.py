@@ -29,11 +29,15 @@ VGG_TAPS = (17, 19, 21, 24, 26, 28, 30)
 
 
 def build_backbone(name: str) -> nn.Module:
+    """The backbone, frozen: the authors never train it (its features are computed
+    without gradients), so its parameters take no gradient and no optimiser step."""
     if name == "resnet50":
-        return resnet50(weights=None)
-    if name == "vgg16":
-        return vgg16(weights=None)
-    raise ValueError(f"unknown backbone {name!r}; expected one of {sorted(SPECS)}")
+        net = resnet50(weights=None)
+    elif name == "vgg16":
+        net = vgg16(weights=None)
+    else:
+        raise ValueError(f"unknown backbone {name!r}; expected one of {sorted(SPECS)}")
+    return net.requires_grad_(False)
 
 
 def _resnet_taps(net: nn.Module, img: torch.Tensor) -> list[torch.Tensor]:

@@ -65,16 +65,31 @@ def masked_correlation(cosine: torch.Tensor, query_factor: torch.Tensor, support
     """One stage of the correlation pyramid, (B, hq, wq, hs, ws, L); with `transpose`
     the support plays the query: (B, hs, ws, hq, wq, L). `out`, a tensor of as many
     elements, is reused for the result (a fresh 100 MB buffer per step costs more
-    in page faults than the multiplication itself)."""
+    in page faults than the multiplication itself). When autograd records the
+    factors (training), `out` must be None: the result is then a fresh tensor."""
     bsz, nq, ns, layers = cosine.shape
     q = query_factor.transpose(1, 2).unsqueeze(2)  # (B, Nq, 1, L)
     s = support_factor.transpose(1, 2).unsqueeze(1)  # (B, 1, Ns, L)
-    if out is None:
-        out = torch.empty(cosine.numel(), dtype=cosine.dtype, device=cosine.device)
     if transpose:
         cosine, q, s = cosine.transpose(1, 2), s.transpose(1, 2), q.transpose(1, 2)
         nq, ns, query_size, support_size = ns, nq, support_size, query_size
-    result = out.view(bsz, nq, ns, layers)
-    torch.mul(cosine, q, out=result)
-    result.mul_(s)
+    if records_grad(cosine, q, s):
+        if out is not None:
+            raise ValueError("masked_correlation: `out` cannot be used while autograd records the factors")
+        # The same two float32 products as below, so training sees inference's numbers;
+        # contiguous, as the 4D convolutions read it (a transposed cosine gives a
+        # transposed product).
+        result = (cosine * q * s).contiguous()
+    else:
+        if out is None:
+            out = torch.empty(cosine.numel(), dtype=cosine.dtype, device=cosine.device)
+        result = out.view(bsz, nq, ns, layers)
+        torch.mul(cosine, q, out=result)
+        result.mul_(s)
     return result.view(bsz, *query_size, *support_size, layers)
+
+
+def records_grad(*tensors: torch.Tensor) -> bool:
+    """Whether autograd records an operation on `tensors` (so in-place or `out=`
+    shortcuts on them, or on what a later layer saves of them, are not allowed)."""
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)

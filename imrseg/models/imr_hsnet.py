@@ -9,12 +9,13 @@ import torch.nn.functional as F
 from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
 
+from ..evaluation.classes import paper_steps
 from .backbone import SPECS, build_backbone, extract_taps, stage_slices
 from .correlation import StageFeatures, mask_factor, masked_correlation, resize_mask, stage_cosine
 from .imr import STATE_SIZE, IterativeMutualRefinement
 from .learner import HPNLearner
-
-INPUT_SIZE = (400, 400)
+from .loss import refinement_loss
+from .voting import INPUT_SIZE, refine_and_vote, upsample_logits
 
 
 @dataclass
@@ -43,11 +44,12 @@ class IMRHSNet(IterativeMutualRefinement, PyTorchModelHubMixin,
     the names of the fold's classes."""
 
     def __init__(self, backbone: str = "resnet50", benchmark: str | None = None, fold: int | None = None,
-                 steps: int = 2, class_names: list[str] | None = None):
+                 steps: int | None = None, class_names: list[str] | None = None):
         super().__init__()
         if backbone not in SPECS:
             raise ValueError(f"unknown backbone {backbone!r}; expected one of {sorted(SPECS)}")
-        self.benchmark, self.fold, self.steps = benchmark, fold, steps
+        self.benchmark, self.fold = benchmark, fold
+        self.steps = steps if steps is not None else paper_steps(benchmark)
         self.class_names = list(class_names) if class_names is not None else None
         self.backbone_name = backbone
         self.spec = SPECS[backbone]
@@ -71,18 +73,22 @@ class IMRHSNet(IterativeMutualRefinement, PyTorchModelHubMixin,
 
     # -------------------------------------------------------------- refinement
     def refine(self, query: ImageFeatures, support: ImageFeatures, query_cam: torch.Tensor,
-               support_cam: torch.Tensor, steps: int = 2, with_support: bool = True):
+               support_cam: torch.Tensor, steps: int | None = None, with_support: bool = True):
         """Refine both masks for `steps` iterations; returns per-step lists of
         (B,2,100,100) query and support logits. A support batch of 1 is shared by
         every query. With `with_support=False` the last step's support branch,
         which no query output depends on, is skipped (its entry is None)."""
+        steps = self.steps if steps is None else steps
         if steps < 1:
             raise ValueError(f"steps must be >= 1, got {steps}")
         bsz = query.batch_size
         support_mid = support.mid_gates.expand(bsz, -1, -1, -1)
         support_cam = support_cam.expand(bsz, -1, -1)
         cosines = [stage_cosine(q, s) for q, s in zip(query.stages, support.stages)]
-        buffers = [torch.empty(c.numel(), dtype=c.dtype, device=c.device) for c in cosines]
+        # Reused correlation buffers are for inference only: under autograd the 4D
+        # convolutions save their input for the backward pass.
+        buffers = ([None] * len(cosines) if torch.is_grad_enabled()
+                   else [torch.empty(c.numel(), dtype=c.dtype, device=c.device) for c in cosines])
 
         # The authors mask the feature lists in place, so masks accumulate over the
         # steps and both sides of every correlation are masked; at the first step the
@@ -122,25 +128,42 @@ class IMRHSNet(IterativeMutualRefinement, PyTorchModelHubMixin,
         return query_logits, support_logits
 
     def forward(self, query_img: torch.Tensor, support_img: torch.Tensor, query_cam: torch.Tensor,
-                support_cam: torch.Tensor, steps: int = 2):
+                support_cam: torch.Tensor, steps: int | None = None):
         """(query_logits, support_logits), each (B,2,400,400), for normalised
         (B,3,400,400) images and (B,50,50) CAMs."""
         q_logits, s_logits = self.refine(self.encode(query_img), self.encode(support_img),
-                                         query_cam, support_cam, steps)
+                                         query_cam, support_cam, self.steps if steps is None else steps)
         return upsample_logits(q_logits[-1]), upsample_logits(s_logits[-1])
 
-    def predict_mask_nshot(self, query_img: torch.Tensor, support_imgs: torch.Tensor,
-                           query_cam: torch.Tensor, support_cams: torch.Tensor, steps: int = 2,
-                           size=None) -> torch.Tensor:
-        """The authors' K-shot vote: (B,K,3,H,W) supports and (B,K,50,50) CAMs ->
-        (B,H',W') 0/1 mask, H'xW' = `size` or 400x400."""
-        query = self.encode(query_img)
-        votes = []
-        for k in range(support_imgs.shape[1]):
-            q_logits, _ = self.refine(query, self.encode(support_imgs[:, k]), query_cam,
-                                      support_cams[:, k], steps, with_support=False)
-            votes.append(upsample_logits(q_logits[-1], size).argmax(dim=1))
-        return vote(torch.stack(votes, dim=1))
+    def segment(self, query: ImageFeatures, query_cams: torch.Tensor, shots, steps: int | None = None,
+                sizes=None, every_step: bool = False):
+        """Refine-and-vote (see `voting.refine_and_vote`): one Segmentation per query,
+        at `sizes` (default 400x400 each)."""
+        return refine_and_vote(self, query, query_cams, shots, self.steps if steps is None else steps,
+                               sizes or [INPUT_SIZE] * query.batch_size, every_step)
+
+    # ---------------------------------------------------------------- training
+    def loss(self, query_img: torch.Tensor, support_img: torch.Tensor, query_cam: torch.Tensor,
+             support_cam: torch.Tensor, query_mask: torch.Tensor, support_mask: torch.Tensor,
+             steps: int | None = None) -> torch.Tensor:
+        """The paper's Eq. 7 for one batch of 1-shot episodes: sum over the `steps`
+        (default `self.steps`) refinement steps of the query's and the support's
+        mean pixel cross-entropy at the (B,H,W) 0/1 masks' size. The gradient
+        reaches every step through the masks each step hands to the next."""
+        q_logits, s_logits = self.refine(self.encode(query_img), self.encode(support_img), query_cam,
+                                         support_cam, self.steps if steps is None else steps)
+        return refinement_loss(q_logits, s_logits, query_mask, support_mask)
+
+    def train(self, mode: bool = True) -> "IMRHSNet":
+        """As the authors' `train_mode()`: the backbone stays in eval mode (its batch
+        norms keep their pretrained statistics) whatever `mode` is."""
+        super().train(mode)
+        self.backbone.eval()
+        return self
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """Every parameter outside the (frozen) backbone: what the authors' optimiser updates."""
+        return [p for name, p in self.named_parameters() if not name.startswith("backbone.")]
 
     # ------------------------------------------------------------- checkpoints
     @classmethod
@@ -150,16 +173,3 @@ class IMRHSNet(IterativeMutualRefinement, PyTorchModelHubMixin,
 
         return load_official(cls, source)
 
-
-def upsample_logits(logits: torch.Tensor, size=None) -> torch.Tensor:
-    return F.interpolate(logits, size or INPUT_SIZE, mode="bilinear", align_corners=True)
-
-
-def vote(masks: torch.Tensor) -> torch.Tensor:
-    """(B,K,H,W) 0/1 masks -> (B,H,W) float 0/1: summed, divided by max(max vote, 1),
-    thresholded at 0.5, as the authors' `predict_mask_nshot`."""
-    if masks.shape[1] == 1:
-        return masks[:, 0].float()
-    total = masks.sum(dim=1)
-    max_vote = total.flatten(1).max(dim=1).values.clamp(min=1).view(-1, 1, 1)
-    return (total.float() / max_vote >= 0.5).float()

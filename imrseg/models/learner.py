@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .conv4d import CenterPivotConv4d, ChannelsLastGroupNorm
+from .correlation import records_grad
 
 SQUEEZE_CHANNELS = (16, 64, 128)
 
@@ -32,6 +33,12 @@ def _resize_query_dims(corr: torch.Tensor, size) -> torch.Tensor:
     return images.permute(0, 2, 3, 1).reshape(bsz, hb, wb, *size, ch).permute(0, 3, 4, 1, 2, 5)
 
 
+def _add(squeezed: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+    # In place saves a copy at inference; under autograd the squeezed tensor is the
+    # output of an in-place ReLU that its backward reads, so it must stay intact.
+    return squeezed + other if records_grad(squeezed, other) else squeezed.add_(other)
+
+
 class HPNLearner(nn.Module):
     """`in_channels`: layers per stage, deepest first (e.g. (3, 6, 4) for ResNet-50)."""
 
@@ -50,6 +57,6 @@ class HPNLearner(nn.Module):
         sqz4 = self.encoder_layer4(corr_pyramid[0])
         sqz3 = self.encoder_layer3(corr_pyramid[1])
         sqz2 = self.encoder_layer2(corr_pyramid[2])
-        mix43 = self.encoder_layer4to3(sqz3.add_(_resize_query_dims(sqz4, sqz3.shape[1:3])))
-        mix432 = self.encoder_layer3to2(sqz2.add_(_resize_query_dims(mix43, sqz2.shape[1:3])))
+        mix43 = self.encoder_layer4to3(_add(sqz3, _resize_query_dims(sqz4, sqz3.shape[1:3])))
+        mix432 = self.encoder_layer3to2(_add(sqz2, _resize_query_dims(mix43, sqz2.shape[1:3])))
         return mix432.mean(dim=(3, 4)).permute(0, 3, 1, 2).contiguous()

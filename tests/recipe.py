@@ -1,4 +1,4 @@
-"""Deterministic weights derived from parameter names alone (the recipe of the
+"""Test fixture: deterministic weights derived from parameter names alone (the recipe of the
 golden reference outputs). They make any model with the official parameter names
 reproducible without downloading anything; as segmentations they are noise."""
 from __future__ import annotations

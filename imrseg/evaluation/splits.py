@@ -16,7 +16,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from ..classes import BENCHMARK_CLASSES, fold_classes
+from ..paths import cache_root
+from .classes import BENCHMARK_CLASSES, NUM_FOLDS, fold_classes
 from ..errors import ImrsegError, InputError
 from .safe_pickle import safe_loads
 
@@ -35,11 +36,6 @@ SPLIT_SHA256 = {
 # The largest official file is 1.3 MB; the cap only stops a runaway response.
 MAX_SPLIT_BYTES = 64 << 20
 DOWNLOAD_TIMEOUT_S = 60
-
-
-def cache_root() -> Path:
-    """`$IMRSEG_CACHE`, else `~/.cache/imrseg`."""
-    return Path(os.environ.get("IMRSEG_CACHE") or Path.home() / ".cache" / "imrseg")
 
 
 def split_name(benchmark: str, fold: int) -> str:
@@ -185,7 +181,7 @@ def download_split(benchmark: str, fold: int, cache_dir: os.PathLike | str | Non
     """The official file in the cache, downloaded and checked on first use.
 
     A cached copy whose sha256 no longer matches is downloaded again."""
-    from ..io import atomic_write_bytes
+    from ..durable import atomic_write_bytes
 
     name = split_name(benchmark, fold)
     expected = SPLIT_SHA256[name]
@@ -212,8 +208,8 @@ def download_split(benchmark: str, fold: int, cache_dir: os.PathLike | str | Non
 def load_split(benchmark: str, fold: int, splits_dir: os.PathLike | str | None = None,
                cache_dir: os.PathLike | str | None = None, base_url: str | None = None) -> Split:
     """The fold's split from `splits_dir`, else the pinned download."""
-    if fold not in range(4):
-        raise InputError(f"fold must be 0-3, got {fold}")
+    if fold not in range(NUM_FOLDS):
+        raise InputError(f"fold must be 0-{NUM_FOLDS - 1}, got {fold}")
     if splits_dir is not None:
         path = locate_split(benchmark, fold, splits_dir)
     else:

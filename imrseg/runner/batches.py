@@ -1,4 +1,4 @@
-"""Segmenting a folder of queries: decode in the background, predict in batches,
+"""The loop over a run's queries: decode in the background, predict in batches,
 write every output atomically, log one row per query, and stop cleanly on Ctrl-C.
 
 A query whose outputs are all present is skipped, so re-running a command after an
@@ -10,11 +10,14 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from . import io
-from .errors import ImrsegError, InputError
+from .. import outputs
+from ..durable import ResultsLog
+from ..errors import ImrsegError, InputError
+from ..images import LoadedImage, load_image
+from .results import Outcome, Summary
 
 PREFETCH_BATCHES = 2
 
@@ -27,49 +30,11 @@ class OutputOptions:
 
     def suffixes(self, steps: int) -> list[str]:
         """Every file a finished query has, the mask last (it is written last)."""
-        out = [io.OVERLAY_SUFFIX]
-        out += [io.PROB_SUFFIX] if self.save_prob else []
-        out += [io.CAM_SUFFIX] if self.save_cam else []
-        out += [io.step_suffix(t) for t in range(1, steps + 1)] if self.save_steps else []
-        return out + [io.MASK_SUFFIX]
-
-
-@dataclass
-class Outcome:
-    query: Path
-    status: str  # "done" | "skipped" | "failed"
-    mask: Path | None = None
-    foreground_fraction: float | None = None
-    seconds: float | None = None
-    error: str | None = None
-
-    def row(self, steps: int) -> dict:
-        return {"type": "query", "query": str(self.query), "status": self.status,
-                "mask": str(self.mask) if self.mask else None,
-                "foreground_fraction": self.foreground_fraction, "steps": steps,
-                "seconds": self.seconds, "error": self.error}
-
-
-@dataclass
-class Summary:
-    done: int = 0
-    skipped: int = 0
-    failed: int = 0
-    interrupted: bool = False
-    foreground: list = field(default_factory=list)
-    seconds: list = field(default_factory=list)
-
-    def add(self, outcome: Outcome) -> None:
-        setattr(self, outcome.status, getattr(self, outcome.status) + 1)
-        if outcome.status == "done":
-            self.foreground.append(outcome.foreground_fraction)
-            self.seconds.append(outcome.seconds)
-
-    def to_dict(self) -> dict:
-        mean = (lambda xs: sum(xs) / len(xs) if xs else None)
-        return {"done": self.done, "skipped": self.skipped, "failed": self.failed,
-                "interrupted": self.interrupted, "mean_foreground_fraction": mean(self.foreground),
-                "seconds_per_image": mean(self.seconds)}
+        out = [outputs.OVERLAY_SUFFIX]
+        out += [outputs.PROB_SUFFIX] if self.save_prob else []
+        out += [outputs.CAM_SUFFIX] if self.save_cam else []
+        out += [outputs.step_suffix(t) for t in range(1, steps + 1)] if self.save_steps else []
+        return out + [outputs.MASK_SUFFIX]
 
 
 class StopOnInterrupt:
@@ -94,23 +59,23 @@ class StopOnInterrupt:
             signal.signal(signal.SIGINT, self._previous)
 
 
-def write_outputs(stem: Path, loaded: io.LoadedImage, prediction, options: OutputOptions) -> None:
+def write_outputs(stem: Path, loaded: LoadedImage, prediction, options: OutputOptions) -> None:
     if options.save_steps:
         for t, mask in enumerate(prediction.step_masks, start=1):
-            io.save_mask_png(io.output_path(stem, io.step_suffix(t)), mask)
+            outputs.save_mask_png(outputs.output_path(stem, outputs.step_suffix(t)), mask)
     if options.save_cam:
-        io.save_heatmap_png(io.output_path(stem, io.CAM_SUFFIX), prediction.cam, loaded.size)
+        outputs.save_heatmap_png(outputs.output_path(stem, outputs.CAM_SUFFIX), prediction.cam, loaded.size)
     if options.save_prob:
-        io.save_gray_png(io.output_path(stem, io.PROB_SUFFIX), prediction.prob)
-    io.save_overlay_jpg(io.output_path(stem, io.OVERLAY_SUFFIX), loaded.image, prediction.mask)
-    io.save_mask_png(io.output_path(stem, io.MASK_SUFFIX), prediction.mask)
+        outputs.save_gray_png(outputs.output_path(stem, outputs.PROB_SUFFIX), prediction.prob)
+    outputs.save_overlay_jpg(outputs.output_path(stem, outputs.OVERLAY_SUFFIX), loaded.image, prediction.mask)
+    outputs.save_mask_png(outputs.output_path(stem, outputs.MASK_SUFFIX), prediction.mask)
 
 
 def _decoded(paths: Sequence[Path], max_pixels: int | None, lookahead: int) -> Iterator:
     """(path, LoadedImage or InputError) in order, decoded ahead on a thread pool."""
     def load(path):
         try:
-            return io.load_image(path, max_pixels=max_pixels)
+            return load_image(path, max_pixels=max_pixels)
         except InputError as exc:
             return exc
 
@@ -151,8 +116,8 @@ def _free_cached_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def segment_folder(predict: Callable, plan: dict[Path, Path], *, steps: int, options: OutputOptions,
-                   batch_size: int, overwrite: bool, max_pixels: int | None, log: io.ResultsLog,
+def segment_queries(predict: Callable, plan: dict[Path, Path], *, steps: int, options: OutputOptions,
+                   batch_size: int, overwrite: bool, max_pixels: int | None, log: ResultsLog,
                    device_name: str = "cpu", on_outcome: Callable[[Outcome], None] = lambda o: None,
                    stop: StopOnInterrupt | None = None) -> Summary:
     """Segment every query in `plan` (query path -> output stem).
@@ -169,12 +134,12 @@ def segment_folder(predict: Callable, plan: dict[Path, Path], *, steps: int, opt
 
     todo = []
     for query, stem in plan.items():
-        if not overwrite and io.completed_outputs(stem, suffixes):
-            record(Outcome(query, "skipped", mask=io.output_path(stem, io.MASK_SUFFIX)))
+        if not overwrite and outputs.completed_outputs(stem, suffixes):
+            record(Outcome(query, "skipped", mask=outputs.output_path(stem, outputs.MASK_SUFFIX)))
         else:
             todo.append(query)
 
-    batch: list[tuple[Path, io.LoadedImage]] = []
+    batch: list[tuple[Path, LoadedImage]] = []
 
     def flush() -> None:
         if not batch:
@@ -190,7 +155,7 @@ def segment_folder(predict: Callable, plan: dict[Path, Path], *, steps: int, opt
             except ImrsegError as exc:
                 record(Outcome(query, "failed", error=str(exc)))
                 continue
-            record(Outcome(query, "done", io.output_path(stem, io.MASK_SUFFIX),
+            record(Outcome(query, "done", outputs.output_path(stem, outputs.MASK_SUFFIX),
                            prediction.foreground_fraction, round(each, 4)))
         batch.clear()
 

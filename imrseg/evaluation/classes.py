@@ -1,4 +1,6 @@
-"""Class names of the few-shot benchmarks, in their index order, and the folds."""
+"""Facts of the few-shot benchmarks: class names in their index order, the folds,
+their titles in the paper and the paper's refinement steps on each. Pure data (no
+torch), so the CLI, the model and the evaluation all read them from here."""
 from __future__ import annotations
 
 PASCAL_CLASSES = (
@@ -21,7 +23,15 @@ COCO_CLASSES = (
 )
 
 BENCHMARK_CLASSES = {"pascal": PASCAL_CLASSES, "coco": COCO_CLASSES}
+BENCHMARK_TITLES = {"pascal": "PASCAL-5i", "coco": "COCO-20i"}
+PAPER_TABLES = {"pascal": "Table 1", "coco": "Table 2"}  # where the paper reports each benchmark's 1-shot mIoU
 NUM_FOLDS = 4
+# The paper refines 2 steps on PASCAL-5i and 3 on COCO-20i; 2 for weights of unknown origin.
+PAPER_STEPS = {"pascal": 2, "coco": 3}
+
+
+def paper_steps(benchmark: str | None) -> int:
+    return PAPER_STEPS.get(benchmark, 2)
 
 
 def fold_classes(benchmark: str, fold: int) -> list[int]:
@@ -30,7 +40,7 @@ def fold_classes(benchmark: str, fold: int) -> list[int]:
     if benchmark not in BENCHMARK_CLASSES:
         raise ValueError(f"unknown benchmark {benchmark!r}; expected pascal or coco")
     if fold not in range(NUM_FOLDS):
-        raise ValueError(f"fold must be 0-3, got {fold}")
+        raise ValueError(f"fold must be 0-{NUM_FOLDS - 1}, got {fold}")
     n = len(BENCHMARK_CLASSES[benchmark]) // NUM_FOLDS
     if benchmark == "pascal":
         return [fold * n + i for i in range(n)]

@@ -1,0 +1,109 @@
+"""Turning an authors' `best_model.pt` into the Hub layout (config.json +
+model.safetensors + a model card) and publishing such a folder. Kept apart from
+the loading side: only `imrseg weights import/push` need it."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ..errors import ImrsegError, one_line
+from ..evaluation.classes import (BENCHMARK_CLASSES, BENCHMARK_TITLES, NUM_FOLDS, PAPER_TABLES, fold_class_names,
+                                  paper_steps)
+from .download import hf_endpoint
+from .registry import load_registry
+from .weights import CONFIG_FILE, WEIGHTS_FILE, WeightsInfo, build_model, resolve_weights
+
+
+def checkpoint_config(backbone: str, benchmark: str | None = None, fold: int | None = None) -> dict:
+    """config.json of a converted checkpoint; the class names need both benchmark and fold."""
+    if benchmark is not None and benchmark not in BENCHMARK_CLASSES:
+        raise ImrsegError(f"unknown benchmark {benchmark!r}; expected one of {', '.join(BENCHMARK_CLASSES)}")
+    if fold is not None and (benchmark is None or fold not in range(NUM_FOLDS)):
+        raise ImrsegError(f"fold {fold}: a fold is 0-{NUM_FOLDS - 1} and needs a benchmark")
+    return {"backbone": backbone, "benchmark": benchmark, "fold": fold,
+            "steps": paper_steps(benchmark),
+            "class_names": fold_class_names(benchmark, fold) if fold is not None else None}
+
+
+def import_official(checkpoint: str | os.PathLike, out: str | os.PathLike, benchmark: str | None = None,
+                    fold: int | None = None) -> WeightsInfo:
+    """Convert an authors' best_model.pt into a folder in the Hub layout
+    (config.json + model.safetensors + a model card); nothing pickled is written."""
+    from ..models.checkpoint import infer_backbone, load_into, read_state_dict
+
+    state_dict = read_state_dict(checkpoint)
+    config = checkpoint_config(infer_backbone(state_dict, os.fspath(checkpoint)), benchmark, fold)
+    model = build_model(config, os.fspath(checkpoint))
+    load_into(model, state_dict, os.fspath(checkpoint))
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ImrsegError(f"{out}: exists and is not a folder")
+    model.save_pretrained(out)
+    _, info = resolve_weights(str(out))
+    # save_pretrained wrote the mixin's generic card; ours says where the weights come from.
+    (out / "README.md").write_text(model_card(info), encoding="utf-8")
+    return info
+
+
+def model_card(info: WeightsInfo, repo_id: str = "<repo id>") -> str:
+    """The README.md of a published checkpoint: source, paper, the fold's classes and the paper's figure."""
+    from huggingface_hub import ModelCardData
+
+    registry = load_registry()
+    paper = registry.paper
+    entry = registry.find(info.backbone, info.benchmark, info.fold)
+    benchmark = BENCHMARK_TITLES.get(info.benchmark, "unknown benchmark")
+    fold = f"fold {info.fold}" if info.fold is not None else "unknown fold"
+    figure = (f"{entry.paper_miou:.1f} ({PAPER_TABLES[info.benchmark]} of the paper)"
+              if entry and entry.paper_miou is not None else "not recorded")
+    source = entry.source if entry else "not recorded"
+    classes = ", ".join(info.class_names) if info.class_names else "unknown"
+    data = ModelCardData(library_name="imrseg", pipeline_tag="image-segmentation",
+                         tags=["few-shot-segmentation", "imr-hsnet", "pytorch_model_hub_mixin"])
+    return "\n".join([
+        "---", data.to_yaml(), "---", "",
+        f"# IMR-HSNet, {info.backbone} backbone, {benchmark} {fold}", "",
+        f"The authors' weights of IMR-HSNet from *{paper['title']}* ({paper['authors']}, {paper['venue']}, "
+        f"[arXiv:{paper['arxiv']}](https://arxiv.org/abs/{paper['arxiv']})), converted without change from "
+        f"their `best_model.pt` ({source}) to safetensors with `imrseg weights import`. "
+        f"Code of the paper: {paper['code']}.", "",
+        "| | |", "|---|---|",
+        f"| backbone | {info.backbone} |",
+        f"| benchmark | {benchmark} |",
+        f"| test fold | {info.fold if info.fold is not None else 'unknown'} |",
+        f"| refinement steps | {info.steps} |",
+        f"| the fold's classes | {classes} |",
+        f"| 1-shot mIoU (%) in the paper | {figure} |",
+        f"| sha256 of {WEIGHTS_FILE} | `{info.sha256}` |", "",
+        "## Use", "",
+        "```bash", "pip install imrseg", f"imrseg weights info {repo_id}", "```", "",
+        "```python", "from imrseg.models import IMRHSNet", "",
+        f'model = IMRHSNet.from_pretrained("{repo_id}")', "```", "",
+        "## Citation", "",
+        f"Wang et al., {paper['title']}, {paper['venue']}, doi:{paper['doi']}.", ""])
+
+
+def push_folder(folder: str | os.PathLike, repo_id: str, private: bool = False) -> tuple[str, str, str]:
+    """Publish a converted folder (its config.json and model.safetensors, exactly as
+    they are, with a generated model card) in one commit; returns (commit url,
+    commit id, sha256 of the weights) for the registry entry."""
+    from huggingface_hub import CommitOperationAdd, HfApi
+    from huggingface_hub.errors import HfHubHTTPError
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ImrsegError(f"{folder}: not a folder; convert an authors' best_model.pt with `imrseg weights import`")
+    _, info = resolve_weights(str(folder))  # refuse to publish anything that does not load
+    operations = [CommitOperationAdd(CONFIG_FILE, str(folder / CONFIG_FILE)),
+                  CommitOperationAdd(WEIGHTS_FILE, str(folder / WEIGHTS_FILE)),
+                  CommitOperationAdd("README.md", model_card(info, repo_id).encode("utf-8"))]
+    api = HfApi(endpoint=hf_endpoint())
+    try:
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        commit = api.create_commit(repo_id, operations=operations, commit_message=(
+            f"IMR-HSNet ({info.backbone}, {BENCHMARK_TITLES.get(info.benchmark, 'unknown benchmark')}, fold "
+            f"{info.fold}): the authors' best_model.pt as safetensors"))
+    except (HfHubHTTPError, OSError, ValueError) as exc:
+        raise ImrsegError(f"{repo_id}: publishing {folder} failed ({one_line(exc)}); a write token is "
+                          "needed: `hf auth login` or HF_TOKEN") from None
+    return commit.commit_url, commit.oid, info.sha256

@@ -1,0 +1,77 @@
+"""The registry of the authors' checkpoints (`registry.json`, shipped in the package):
+what each one is, the paper's figure for it, and where it is published on the Hub."""
+from __future__ import annotations
+
+import difflib
+import json
+import os
+from dataclasses import dataclass, fields
+from importlib import resources
+
+from ..errors import ImrsegError
+
+NAMESPACE_ENV = "IMRSEG_HUB_NAMESPACE"
+DEFAULT_WEIGHTS = "imr-hsnet-resnet50-pascal-fold0"
+REGISTRY_FILE = "registry.json"
+
+
+@dataclass(frozen=True)
+class RegistryEntry:
+    """One official checkpoint: what it is, the paper's figure for it, and where it is published."""
+
+    name: str
+    backbone: str
+    benchmark: str
+    fold: int
+    steps: int
+    paper_miou: float | None  # 1-shot mIoU (%) of this fold in the paper
+    repo_id: str
+    revision: str
+    filename: str
+    sha256: str  # of `filename`; empty until published
+    source: str  # the authors' release of best_model.pt
+
+    def location(self, namespace: str | None = None) -> tuple[str, str]:
+        """(repo id, revision) to fetch from. Under another namespace the registry's
+        revision, a commit of its own repo, means nothing, so `main` is used and the
+        sha256 (of the content, wherever it is hosted) still pins the file."""
+        namespace = hub_namespace(namespace)
+        owner, repo = self.repo_id.split("/", 1)
+        if namespace is None or namespace == owner:
+            return self.repo_id, self.revision
+        return f"{namespace}/{repo}", "main"
+
+
+@dataclass(frozen=True)
+class Registry:
+    paper: dict
+    entries: dict  # name -> RegistryEntry, in file order
+
+    def closest(self, name: str, n: int = 3) -> list[str]:
+        return difflib.get_close_matches(name, list(self.entries), n=n, cutoff=0.4)
+
+    def find(self, backbone: str, benchmark: str | None, fold: int | None) -> RegistryEntry | None:
+        return next((e for e in self.entries.values()
+                     if (e.backbone, e.benchmark, e.fold) == (backbone, benchmark, fold)), None)
+
+
+def load_registry() -> Registry:
+    """The registry shipped with the package."""
+    path = resources.files(__package__).joinpath(REGISTRY_FILE)
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        keys = {f.name for f in fields(RegistryEntry)}
+        entries = {}
+        for raw in doc["entries"]:
+            if set(raw) != keys:
+                raise ValueError(f"entry {raw.get('name', '?')} has fields {sorted(raw)}, expected {sorted(keys)}")
+            entries[raw["name"]] = RegistryEntry(**raw)
+        return Registry(doc["paper"], entries)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ImrsegError(f"{path}: not a valid weights registry ({exc}); reinstall imrseg") from None
+
+
+def hub_namespace(namespace: str | None = None) -> str | None:
+    """The Hub owner of the registry's repos: the argument, else $IMRSEG_HUB_NAMESPACE,
+    else None (the registry's own)."""
+    return namespace or os.environ.get(NAMESPACE_ENV) or None

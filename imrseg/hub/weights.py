@@ -1,0 +1,215 @@
+"""IMR-HSNet weights from any `--weights` spec: a registry name, a Hub repo id, a
+folder in the Hub layout (config.json + model.safetensors) or an authors'
+`best_model.pt`. `resolve_weights` gives the loaded model and what it is;
+`resolve_steps` is the one rule for how many refinement steps a run uses."""
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from ..durable import file_sha256
+from ..evaluation.classes import paper_steps
+from ..errors import CheckpointError, ImrsegError, InputError, Note, one_line
+from ..paths import hf_cache_dir
+from .download import COMMIT, fetch, is_repo_id, looks_like_path, snapshot_commit
+from .registry import DEFAULT_WEIGHTS, RegistryEntry, load_registry
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_KEYS = ("backbone", "benchmark", "fold", "steps", "class_names")
+
+
+@dataclass(frozen=True)
+class WeightsSource:
+    """What a `--weights` spec names, before anything is read or downloaded."""
+
+    spec: str
+    kind: str  # "registry" | "hub" | "folder" | "official"
+    path: Path | None = None  # folder or best_model.pt, for the local kinds
+    entry: RegistryEntry | None = None
+    repo_id: str | None = None
+    revision: str | None = None
+
+
+@dataclass(frozen=True)
+class WeightsFiles:
+    config: Path
+    weights: Path
+    sha256: str
+
+
+@dataclass
+class WeightsInfo:
+    spec: str
+    kind: str  # "registry" | "hub" | "folder" | "official" (an authors' best_model.pt, converted in memory)
+    path: str  # the weights file that was loaded
+    sha256: str
+    backbone: str
+    benchmark: str | None
+    fold: int | None
+    steps: int
+    class_names: list[str] | None
+    parameters: int
+    name: str | None = None  # registry name
+    repo_id: str | None = None
+    revision: str | None = None  # as asked for
+    commit: str | None = None  # the commit the cached files belong to
+    paper_miou: float | None = None
+
+    def origin(self) -> str:
+        if self.repo_id:
+            commit = f" (commit {self.commit})" if self.commit else ""
+            return f"hf://{self.repo_id}@{self.revision or 'main'}{commit}, cached at {self.path}"
+        return self.path
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "origin": self.origin()}
+
+
+def locate_weights(spec: str | None = None, namespace: str | None = None) -> WeightsSource:
+    """Read a spec: an existing folder (Hub layout) or file (authors' best_model.pt),
+    a registry name, or a Hub repo id with an optional @revision."""
+    spec = spec or DEFAULT_WEIGHTS
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return WeightsSource(spec, "folder", path=path)
+    if path.is_file():
+        return WeightsSource(spec, "official", path=path)
+    registry = load_registry()
+    if spec in registry.entries:
+        entry = registry.entries[spec]
+        repo_id, revision = entry.location(namespace)
+        return WeightsSource(spec, "registry", entry=entry, repo_id=repo_id, revision=revision)
+    repo_id, _, revision = spec.partition("@")
+    if is_repo_id(repo_id):
+        return WeightsSource(spec, "hub", repo_id=repo_id, revision=revision or None)
+    if looks_like_path(spec):
+        raise ImrsegError(f"{spec}: no such file or folder")
+    closest = registry.closest(spec)
+    hint = f"closest registry names: {', '.join(closest)}" if closest else "see `imrseg weights list`"
+    raise ImrsegError(f"{spec}: not a registry name, Hub repo id (owner/name[@revision]) or existing path; {hint}")
+
+
+def fetch_weights(source: WeightsSource) -> WeightsFiles:
+    """config.json and model.safetensors of a Hub-layout source, downloaded if need be,
+    with the registry's sha256 checked. A mismatch leaves the cached file alone."""
+    if source.kind == "folder":
+        config, weights = source.path / CONFIG_FILE, source.path / WEIGHTS_FILE
+        missing = [p.name for p in (config, weights) if not p.is_file()]
+        if missing:
+            raise CheckpointError(f"{source.path}: not a checkpoint folder in the Hub layout (missing "
+                                  f"{' and '.join(missing)}); convert an authors' best_model.pt with "
+                                  "`imrseg weights import`")
+        return WeightsFiles(config, weights, file_sha256(weights))
+    if source.kind not in ("registry", "hub"):
+        raise ImrsegError(f"{source.spec}: a local checkpoint, nothing to download")
+    entry = source.entry
+    pinned = entry is not None or bool(source.revision and COMMIT.fullmatch(source.revision))
+    options = {"spec": source.spec, "download": f"imrseg weights download {source.spec}", "cache_first": pinned}
+    config = fetch(source.repo_id, CONFIG_FILE, source.revision, **options)
+    weights = fetch(source.repo_id, entry.filename if entry else WEIGHTS_FILE, source.revision, **options)
+    sha256 = file_sha256(weights)
+    if entry is not None and entry.sha256 and sha256 != entry.sha256.lower():
+        raise CheckpointError(f"{source.spec}: sha256 mismatch for {weights}: got {sha256}, the registry expects "
+                              f"{entry.sha256}; nothing was deleted: check the registry entry and "
+                              f"hf://{source.repo_id}@{source.revision}")
+    if entry is not None:
+        _check_config_matches(read_config(config, source.spec), entry, source.spec)
+    return WeightsFiles(config, weights, sha256)
+
+
+def read_config(path: Path, spec: str) -> dict:
+    """An imrseg config.json; anything else (another model's config) is refused."""
+    try:
+        config = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{spec}: {path} is not readable JSON ({one_line(exc)})") from None
+    if not isinstance(config, dict) or "backbone" not in config or not set(config) <= set(CONFIG_KEYS):
+        keys = ", ".join(sorted(config)) if isinstance(config, dict) else type(config).__name__
+        raise CheckpointError(f"{spec}: {path} is not an IMR-HSNet config (keys: {keys}; expected backbone, "
+                              "benchmark, fold, steps, class_names): a checkpoint of another model?")
+    return config
+
+
+def _check_config_matches(config: dict, entry: RegistryEntry, spec: str) -> None:
+    found = (config.get("backbone"), config.get("benchmark"), config.get("fold"))
+    expected = (entry.backbone, entry.benchmark, entry.fold)
+    if found != expected:
+        raise CheckpointError(f"{spec}: the Hub repository holds {found[0]} / {found[1]} / fold {found[2]}, "
+                              f"the registry says {expected[0]} / {expected[1]} / fold {expected[2]}")
+
+
+def build_model(config: dict, spec: str):
+    from ..models import IMRHSNet
+
+    try:
+        return IMRHSNet(**config)
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{spec}: unusable config ({one_line(exc)})") from None
+
+
+def _load_safetensors(path: Path, spec: str) -> dict:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{spec}: {path} is not a readable safetensors file ({one_line(exc)})") from None
+
+
+def resolve_weights(spec: str | None = None, namespace: str | None = None, device="cpu"):
+    """(IMRHSNet in eval mode on `device`, WeightsInfo) for any `--weights` spec
+    (default: DEFAULT_WEIGHTS)."""
+    source = locate_weights(spec, namespace)
+    if source.kind == "official":
+        from ..models import IMRHSNet
+
+        model, weights, sha256 = IMRHSNet.from_official(source.path), source.path, file_sha256(source.path)
+    else:
+        files = fetch_weights(source)
+        from ..models.checkpoint import load_into  # after fetching: an unusable spec fails before torch loads
+
+        model = build_model(read_config(files.config, source.spec), source.spec)
+        load_into(model, _load_safetensors(files.weights, source.spec), str(files.weights))
+        weights, sha256 = files.weights, files.sha256
+    model = model.to(device).eval()
+    entry = source.entry or load_registry().find(model.backbone_name, model.benchmark, model.fold)
+    info = WeightsInfo(
+        spec=source.spec, kind=source.kind, path=str(weights), sha256=sha256, backbone=model.backbone_name,
+        benchmark=model.benchmark, fold=model.fold, steps=model.steps, class_names=model.class_names,
+        parameters=sum(p.numel() for p in model.parameters()),
+        name=source.entry.name if source.entry else None, repo_id=source.repo_id, revision=source.revision,
+        commit=snapshot_commit(Path(weights)) if source.repo_id else None,
+        paper_miou=entry.paper_miou if entry else None)
+    return model, info
+
+
+def is_cached(entry: RegistryEntry, namespace: str | None = None) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    repo_id, revision = entry.location(namespace)
+    return all(isinstance(try_to_load_from_cache(repo_id, f, cache_dir=hf_cache_dir(), revision=revision), str)
+               for f in (CONFIG_FILE, entry.filename))
+
+
+def resolve_steps(info: WeightsInfo, requested: int | None = None, benchmark: str | None = None) -> int:
+    """The one rule for a run's refinement steps: `requested` (`--steps`) when given;
+    else the checkpoint's own (its config.json, written by the registry's publisher or
+    `weights import`); else, for weights that do not record their benchmark (an
+    authors' best_model.pt read directly), the paper's figure for `benchmark` (the
+    one being evaluated) or the model's default, said once with how to change it."""
+    if requested is not None:
+        if requested < 1:
+            raise InputError(f"--steps must be 1 or more, not {requested}")
+        return requested
+    if info.benchmark is not None:
+        return info.steps
+    steps = paper_steps(benchmark) if benchmark else info.steps
+    warnings.warn(Note(
+        f"{info.spec} does not record the benchmark it was trained on, so it runs {steps} refinement steps; "
+        "an authors' COCO-20i checkpoint wants 3: pass --steps 3, or convert it once with "
+        "`imrseg weights import FILE --out DIR --benchmark coco --fold N`"), stacklevel=2)
+    return steps
