@@ -1,0 +1,24 @@
+"""Device, precision and the one batch-size default every command uses."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from imrseg.devices import check_precision, default_batch_size, resolve_device
+from imrseg.errors import InputError
+
+
+@pytest.mark.parametrize("device, expected", [("cpu", 2), ("cuda", 8), ("cuda:1", 8), ("mps", 2)])
+def test_one_batch_size_rule_for_every_device(device, expected):
+    assert default_batch_size(torch.device(device)) == expected
+
+
+def test_fp16_is_refused_on_the_cpu():
+    with pytest.raises(InputError, match="fp16 needs a GPU"):
+        check_precision("fp16", torch.device("cpu"))
+    assert check_precision("bf16", torch.device("cpu")) == "bf16"
+
+
+def test_unknown_device_is_one_line():
+    with pytest.raises(InputError, match="unknown device"):
+        resolve_device("tpu")
