@@ -3,16 +3,19 @@
 Every file is written atomically (temporary file in the same folder, fsync,
 `os.replace`), so a killed run leaves either the old file or the new one.
 `ResultsLog` appends one JSON row at a time (runs, evaluation state);
-`read_results` reads them back. `file_sha256` identifies a file's content."""
+`read_results` reads them back. `file_sha256` identifies a file's content.
+`FolderLock` lets one writer at a time into a folder; only while holding it is a
+killed writer's temporary file known to be stale, so only then is it removed."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
 import re
 import secrets
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -20,16 +23,43 @@ import numpy as np
 from .errors import ImrsegError, InputError, one_line, show_path
 
 
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
+    import msvcrt
+
+# Digests by (device, inode, size, mtime): a run hashes its weight files before loading
+# them and the loaders hash them again; a file that changed gets a new key.
+_digests: dict[tuple[int, int, int, int], str] = {}
+
+
 def file_sha256(path: os.PathLike | str) -> str:
     """Hex sha256 of a file's content; InputError naming the file if it cannot be read."""
-    digest = hashlib.sha256()
     try:
         with open(path, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
+            st = os.fstat(fh.fileno())
+            key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+            if key not in _digests:
+                digest = hashlib.sha256()
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    digest.update(block)
+                _digests[key] = digest.hexdigest()
     except OSError as exc:
         raise InputError(f"{show_path(path)}: cannot read ({exc.strerror or one_line(exc)})") from None
-    return digest.hexdigest()
+    return _digests[key]
+
+
+def _open_no_link(path: Path, flags: int) -> int:
+    """os.open that refuses a symbolic link as the file itself: what imrseg writes
+    stays where it is named and never lands on a link's target."""
+    try:
+        return os.open(path, flags | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0), 0o666)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.EMLINK) and path.is_symlink():
+            raise ImrsegError(f"{show_path(path)}: is a symbolic link; imrseg writes only to regular files "
+                              "(remove the link)") from None
+        raise
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -49,7 +79,7 @@ def _fsync_dir(folder: Path) -> None:
 def atomic_write_bytes(path: os.PathLike | str, data: bytes) -> None:
     """Write `data` to `path` so that readers see the old file or the new one, never a part.
 
-    Writes `.name.tmp-<random>` in the same folder (created if needed), fsyncs it and
+    Writes `.name.imrseg-tmp-<random>` in the same folder (created if needed), fsyncs it and
     renames it over `path`. On any failure the temporary file is removed and the old
     file is untouched; OSError becomes ImrsegError naming the file.
     """
@@ -58,7 +88,7 @@ def atomic_write_bytes(path: os.PathLike | str, data: bytes) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         while tmp is None:
-            candidate = path.with_name(f".{path.name}.tmp-{secrets.token_hex(6)}")
+            candidate = path.with_name(f".{path.name}{TEMPORARY_MARK}{secrets.token_hex(6)}")
             try:
                 # 0o666 so the umask decides permissions, as for any other file the user creates.
                 flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
@@ -81,20 +111,74 @@ def atomic_write_bytes(path: os.PathLike | str, data: bytes) -> None:
     _fsync_dir(path.parent)
 
 
-_TEMPORARY = re.compile(r"\..+\.tmp-[0-9a-f]{12}")
+TEMPORARY_MARK = ".imrseg-tmp-"
+_TEMPORARY = re.compile(r"\..+" + re.escape(TEMPORARY_MARK) + r"[0-9a-f]{12}", re.DOTALL)
 
 
-def remove_stale_temporaries(out_dir: os.PathLike | str) -> int:
-    """Delete temporary files that a killed run left under `out_dir` (only names
-    atomic_write_bytes makes); returns how many."""
+def is_temporary(name: str) -> bool:
+    """True for the names atomic_write_bytes gives its temporary files."""
+    return bool(_TEMPORARY.fullmatch(name))
+
+
+def remove_temporaries(folders: Iterable[os.PathLike | str]) -> int:
+    """Delete the temporary files a killed writer left in `folders` (not their
+    subfolders); returns how many. Only for a caller holding the FolderLock that
+    covers them: a temporary file of a live writer must not be touched."""
     removed = 0
-    for folder, _dirs, files in os.walk(out_dir):
-        for name in files:
-            if _TEMPORARY.fullmatch(name):
+    for folder in folders:
+        try:
+            names = os.listdir(folder)
+        except OSError:  # not created yet, or gone: nothing of ours in it
+            continue
+        for name in names:
+            if is_temporary(name):
                 with contextlib.suppress(OSError):
                     os.unlink(os.path.join(folder, name))
                     removed += 1
     return removed
+
+
+LOCK_FILE = ".imrseg.lock"
+
+
+class FolderLock:
+    """Holds `folder/.imrseg.lock` (flock) so that one imrseg run at a time writes
+    into a folder; the operating system releases it when the process ends, however
+    it ends. A folder this lock created and nothing else wrote to is removed again.
+    ImrsegError if another process holds it or the folder cannot be written."""
+
+    def __init__(self, folder: os.PathLike | str):
+        self.folder = Path(folder)
+        self._fd: int | None = None
+        self._created = False
+
+    def __enter__(self) -> FolderLock:
+        path = self.folder / LOCK_FILE
+        try:
+            self._created = not self.folder.exists()
+            self.folder.mkdir(parents=True, exist_ok=True)
+            self._fd = _open_no_link(path, os.O_RDWR | os.O_CREAT)
+        except OSError as exc:
+            raise ImrsegError(f"{show_path(self.folder)}: cannot write ({exc.strerror or one_line(exc)})") from None
+        try:
+            if fcntl is not None:
+                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            else:
+                msvcrt.locking(self._fd, msvcrt.LK_NBLCK, 1)
+        except OSError as exc:
+            os.close(self._fd)
+            if exc.errno in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES):
+                raise ImrsegError(f"{show_path(self.folder)}: another imrseg run is writing into this folder; "
+                                  "wait for it to finish or choose another output folder") from None
+            raise ImrsegError(f"{show_path(path)}: cannot lock ({exc.strerror or one_line(exc)})") from None
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        with contextlib.suppress(OSError):
+            if self._created and os.listdir(self.folder) == [LOCK_FILE]:
+                os.unlink(self.folder / LOCK_FILE)
+                self.folder.rmdir()
+        os.close(self._fd)
 
 
 def _json_default(value):
@@ -113,7 +197,8 @@ class ResultsLog:
 
     Each row goes to disk as one complete line in a single write, then fsync; a row
     counts only once its newline is written. Opening drops a torn last line left by an
-    earlier killed run, so new rows always start on a line of their own.
+    earlier killed run, so new rows always start on a line of their own. A symbolic
+    link in the log's place is refused, never followed.
     Use as a context manager, or call close().
     """
 
@@ -121,31 +206,28 @@ class ResultsLog:
         self.path = Path(path)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            flags = os.O_RDWR | os.O_CREAT | os.O_APPEND | getattr(os, "O_BINARY", 0)
+            self._file = open(_open_no_link(self.path, flags), "r+b", buffering=0)
             self._drop_torn_tail()
-            self._file = open(self.path, "ab", buffering=0)
         except OSError as exc:
             raise ImrsegError(f"{show_path(self.path)}: cannot write ({exc.strerror or one_line(exc)})") from exc
 
     def _drop_torn_tail(self) -> None:
-        try:
-            fh = open(self.path, "r+b")
-        except FileNotFoundError:
-            return
-        with fh:
-            end = fh.seek(0, os.SEEK_END)
-            pos = end
-            while pos > 0:
-                start = max(0, pos - 65536)
-                fh.seek(start)
-                newline = fh.read(pos - start).rfind(b"\n")
-                if newline >= 0:
-                    pos = start + newline + 1
-                    break
-                pos = start
-            if pos != end:
-                fh.truncate(pos)
-                fh.flush()
-                os.fsync(fh.fileno())
+        """Cut the file after its last newline (writes append: O_APPEND)."""
+        fh = self._file
+        end = fh.seek(0, os.SEEK_END)
+        pos = end
+        while pos > 0:
+            start = max(0, pos - 65536)
+            fh.seek(start)
+            newline = fh.read(pos - start).rfind(b"\n")
+            if newline >= 0:
+                pos = start + newline + 1
+                break
+            pos = start
+        if pos != end:
+            fh.truncate(pos)
+            os.fsync(fh.fileno())
 
     def write(self, row: Mapping) -> None:
         """Append `row` (JSON-serialisable; numpy values and paths allowed) as one line."""

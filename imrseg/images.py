@@ -1,5 +1,6 @@
 """Reading images: any readable file becomes an upright RGB picture for the network
-plus the full size a viewer displays, or an `InputError` naming the file and the reason.
+plus the full size a viewer displays, or an `InputError` naming the file and the reason;
+`load_mask` reads a drawn mask file the same way.
 `find_images` expands files and folders into query images.
 
 Never imports torch, so the CLI can plan and skip work before loading a model."""
@@ -27,7 +28,9 @@ DEFAULT_DRAFT_SIZE = 1024
 # Transparent pixels are composited on white, as most viewers and web pages show them.
 ALPHA_BACKGROUND = (255, 255, 255)
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
+# What a folder search takes: the usual names of the formats _DECODERS reads.
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif",
+                              ".ppm", ".pgm", ".pbm", ".pnm", ".avif"})
 
 # Decoders we trust with untrusted files. Pillow would also try e.g. EPS, which runs
 # Ghostscript, and many rarely exercised formats; a file in any other format is refused.
@@ -180,6 +183,37 @@ def load_image(
     PNG, BMP, TIFF, WebP, GIF, PPM/PGM and AVIF (if Pillow has it) are decoded.
     """
     path = Path(path)
+    rgb, size = _decode(path, max_pixels, draft_size, _to_rgb)
+    return LoadedImage(image=rgb, size=size, path=path)
+
+
+def load_mask(path: os.PathLike | str, max_pixels: int | None = None) -> np.ndarray:
+    """Read a drawn mask file: (H, W) bool at full resolution, upright as its image
+    (EXIF orientation applied). A pixel is object when it is not transparent (alpha 0,
+    or a palette's or colour key's transparent entry) and its value is nonzero, so
+    transparency around a drawn object means background, not the white it is shown on.
+    InputError naming the file on any failure, as `load_image`."""
+    mask, _ = _decode(Path(path), max_pixels, 0, _mask_of)
+    return np.asarray(mask) > 0
+
+
+def _mask_of(img: Image.Image) -> Image.Image:
+    """Any Pillow mode to an 'L' mask: 255 where opaque and nonzero, else 0."""
+    if img.mode.startswith("I") or img.mode == "F":
+        values = np.asarray(img)
+        on = np.isfinite(values) & (values != 0)
+    elif img.mode in _ALPHA_MODES or "transparency" in img.info:
+        rgba = np.asarray(img.convert("RGBA"))  # a palette's or colour key's transparency becomes alpha 0
+        on = (rgba[..., :3].max(axis=2) > 0) & (rgba[..., 3] > 0)
+    else:
+        on = np.asarray(img.convert("RGB")).max(axis=2) > 0
+    return Image.fromarray(on.astype(np.uint8) * 255)
+
+
+def _decode(path: Path, max_pixels: int | None, draft_size: int | None,
+            convert) -> tuple[Image.Image, tuple[int, int]]:
+    """The checks and decoding `load_image` describes, `convert` turning the decoded
+    picture into the result's mode; (upright result, displayed full size)."""
     if max_pixels is not None and max_pixels < 0:
         raise InputError(f"--max-pixels must be 0 or more, not {max_pixels}")
     if draft_size is not None and draft_size < 0:
@@ -228,18 +262,18 @@ def load_image(
             img.load()
             # Read after loading: some decoders (TIFF) apply the orientation themselves and drop the tag.
             orientation = _orientation(img)
-            rgb = _to_rgb(img)
-            if rgb.size != target:
+            picture = convert(img)
+            if picture.size != target:
                 # reducing_gap box-averages by an integer factor first, then Lanczos: fast and sharp.
-                rgb = rgb.resize(target, Image.Resampling.LANCZOS, reducing_gap=2.0)
+                picture = picture.resize(target, Image.Resampling.LANCZOS, reducing_gap=2.0)
         except Exception as exc:
             # Damaged data surfaces as OSError, SyntaxError, ValueError, even SystemError
             # (a file changed while read), during decoding or the conversion after it.
             raise _decode_error(path, img, exc) from exc
     if orientation in _UPRIGHT:
-        rgb = rgb.transpose(_UPRIGHT[orientation])
+        picture = picture.transpose(_UPRIGHT[orientation])
     displayed = (height, width) if orientation in (5, 6, 7, 8) else (width, height)
-    return LoadedImage(image=rgb, size=displayed, path=path)
+    return picture, displayed
 
 
 def _is_hidden(name: str) -> bool:
@@ -254,19 +288,20 @@ def find_images(
 
     A file is taken whatever its extension (load_image judges it), with its folder as
     root. A folder is searched recursively for IMAGE_EXTENSIONS (any case), skipping
-    hidden names, symlinked subfolders (no cycles) and subfolders in `exclude` (pass
-    the output folder so earlier results are not read back as queries); its images
-    are sorted by relative path and it is their root. Arguments keep their order and
-    an image reached twice is listed once. InputError for a missing path, an
-    unlistable folder, or a folder without images.
+    hidden names and symlinked subfolders (no cycles); its images are sorted by
+    relative path and it is their root. Anything in `exclude`, folders and files alike,
+    is skipped, even when named: pass the output folder and the files a run wrote, so
+    that earlier results are never read back as inputs. Arguments keep their order and
+    an image reached twice is listed once. InputError for a missing path, an unlistable
+    folder, a folder without images, or nothing left at all.
     """
+    paths = [Path(p) for p in paths]
     excluded = {os.path.realpath(p) for p in exclude}
     seen: set[str] = set()
     found: list[tuple[Path, Path]] = []
 
-    def add(image: Path, root: Path) -> None:
-        key = os.path.realpath(image)
-        if key not in seen:
+    def add(image: Path, root: Path, key: str) -> None:
+        if key not in seen and key not in excluded:
             seen.add(key)
             found.append((image, root))
 
@@ -276,10 +311,9 @@ def find_images(
         )
 
     for arg in paths:
-        arg = Path(arg)
         _stat(arg)
         if not arg.is_dir():
-            add(arg, arg.parent)
+            add(arg, arg.parent, os.path.realpath(arg))
             continue
         images = []
         for dirpath, dirnames, filenames in os.walk(arg, onerror=unlistable):
@@ -289,15 +323,19 @@ def find_images(
                 if not _is_hidden(d) and os.path.realpath(os.path.join(dirpath, d)) not in excluded
             ]
             images += [
-                Path(dirpath, f)
-                for f in filenames
-                if not _is_hidden(f) and os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS
+                (image, os.path.realpath(image))
+                for image in (Path(dirpath, f) for f in filenames)
+                if not _is_hidden(image.name) and image.suffix.lower() in IMAGE_EXTENSIONS
             ]
+        images = [(image, key) for image, key in images if key not in excluded]
         if not images:
             raise InputError(
                 f"{show_path(arg)}: no images found (looked for "
-                f"{', '.join(sorted(IMAGE_EXTENSIONS))} in it and its subfolders)"
+                f"{', '.join(sorted(IMAGE_EXTENSIONS))} in it and its subfolders"
+                + (", other than imrseg's own outputs)" if excluded else ")")
             )
-        for image in sorted(images, key=lambda p: p.relative_to(arg).parts):
-            add(image, arg)
+        for image, key in sorted(images, key=lambda item: item[0].relative_to(arg).parts):
+            add(image, arg, key)
+    if paths and not found:
+        raise InputError(f"{show_path(paths[0])}: no images left: every file given is an output imrseg wrote")
     return found

@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import os
 import re
+import stat
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -29,7 +30,6 @@ OVERLAY_TINT = (255, 0, 0)
 OVERLAY_ALPHA = 0.45
 CONTOUR_COLOR = (255, 255, 0)
 JPEG_QUALITY = 90
-
 
 
 def step_suffix(t: int) -> str:
@@ -73,15 +73,17 @@ _STEP_FILE = re.compile(r"(.*)_step\d+\.png", re.DOTALL)
 
 
 def plan_outputs(
-    images: Iterable[tuple[os.PathLike | str, os.PathLike | str]], out_dir: os.PathLike | str
+    images: Iterable[tuple[os.PathLike | str, os.PathLike | str]],
+    out_dir: os.PathLike | str,
+    protect: Iterable[os.PathLike | str] = (),
 ) -> dict[Path, Path]:
     """Give every (image, root) from find_images its own output stem under out_dir.
 
     Stems come from output_stem. When two images would share a stem, or one image's
     outputs would overwrite another's (`a.jpg` -> `a_cam.png` vs `a_cam.jpg` -> `a_cam.png`)
-    or overwrite an input image (out_dir inside the input folder), the later image
-    gets `<name>_<ext>`, then `<name>_<ext>_2`, `_3`, ... Deterministic for the same
-    inputs, compared caselessly.
+    or overwrite an input image (out_dir inside the input folder) or a file in `protect`
+    (the other inputs: supports, support masks), the later image gets `<name>_<ext>`,
+    then `<name>_<ext>_2`, `_3`, ... Deterministic for the same inputs, compared caselessly.
     """
     files: set[str] = set()  # keys of files that must not be written over
     step_bases: set[str] = set()  # stems X whose X_step<t>.png names are taken
@@ -105,6 +107,8 @@ def plan_outputs(
             claim_file(key + suffix)
         step_bases.add(key)
 
+    for path in protect:
+        claim_file(_key(Path(path)))
     natural: dict[Path, Path] = {}
     for image, root in images:
         image = Path(image)
@@ -132,15 +136,17 @@ def plan_outputs(
 
 
 def completed_outputs(stem: os.PathLike | str, required_suffixes: Sequence[str]) -> bool:
-    """True when every `stem + suffix` exists as a non-empty file (skip this query on rerun).
+    """True when every `stem + suffix` exists as a non-empty regular file (not a link).
 
-    Files are written atomically, so an existing file is a complete one.
+    Files are written atomically, so an existing file is a complete one; which run
+    wrote it is for results.jsonl to say.
     """
     for suffix in required_suffixes:
         try:
-            if output_path(stem, suffix).stat().st_size == 0:
-                return False
+            st = output_path(stem, suffix).lstat()
         except OSError:
+            return False
+        if not stat.S_ISREG(st.st_mode) or st.st_size == 0:
             return False
     return True
 

@@ -42,10 +42,18 @@ def test_segment_two_ranks_equals_one_process(tmp_path, recipe_weight_files):
     def rows(out):
         return [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
 
+    def queries(rows):
+        return [(r["query"], r["status"]) for r in rows if r["type"] == "query"]
+
+    def written(rows):
+        return sorted(f for r in rows if r["type"] == "writing" for f in r["outputs"])
+
     single, merged = rows(tmp_path / "one"), rows(tmp_path / "two")
-    assert merged[0]["world"] == 2
-    assert [(r["query"], r["status"]) for r in merged[1:]] == [(r["query"], r["status"]) for r in single[1:]]
+    assert merged[0]["world"] == 2 and merged[0]["fingerprint"] == single[0]["fingerprint"]
+    assert queries(merged) == queries(single) and written(merged) == written(single)
     for r in single[1:]:
+        if r["type"] != "query":
+            continue
         mask = r["mask"]
         assert (tmp_path / "two" / os.path.relpath(mask, tmp_path / "one")).read_bytes() == open(mask, "rb").read()
     assert not list((tmp_path / "two").glob(".results.rank*"))

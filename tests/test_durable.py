@@ -2,6 +2,7 @@
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 import subprocess
@@ -23,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def leftovers(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.iterdir() if ".tmp-" in p.name)
+    return sorted(p.name for p in folder.iterdir() if durable.is_temporary(p.name))
 
 
 def test_atomic_write_creates_parents_and_replaces(tmp_path):
@@ -151,3 +152,53 @@ def test_killed_writer_leaves_readable_log(tmp_path):
     rows = durable.read_results(path)
     assert len(rows) >= 5
     assert [r["n"] for r in rows] == list(range(len(rows)))
+
+
+def test_results_log_does_not_follow_a_link(tmp_path):
+    target = tmp_path / "elsewhere.jsonl"
+    target.write_bytes(b'{"n": 1}\n{"torn')
+    link = tmp_path / "results.jsonl"
+    link.symlink_to(target)
+    with pytest.raises(ImrsegError, match="results.jsonl: is a symbolic link"):
+        durable.ResultsLog(link)
+    assert target.read_bytes() == b'{"n": 1}\n{"torn'
+
+
+# --------------------------------------------------------------------------- one writer per folder
+
+
+def test_a_held_folder_refuses_a_second_lock(tmp_path):
+    with durable.FolderLock(tmp_path / "out"):
+        with pytest.raises(ImrsegError, match="out: another imrseg run is writing into this folder"):
+            with durable.FolderLock(tmp_path / "out"):
+                pass
+    with durable.FolderLock(tmp_path / "out"):  # released on exit
+        (tmp_path / "out" / "kept").write_text("x")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [durable.LOCK_FILE, "kept"]
+
+
+def test_a_folder_the_lock_made_and_nothing_used_is_removed(tmp_path):
+    with durable.FolderLock(tmp_path / "new"):
+        pass
+    assert not (tmp_path / "new").exists()
+
+
+def test_only_imrseg_temporaries_are_removed(tmp_path):
+    durable.atomic_write_bytes(tmp_path / "a.png", b"x")
+    ours = tmp_path / f".a.png{durable.TEMPORARY_MARK}0123456789ab"
+    ours.write_bytes(b"half")
+    theirs = [tmp_path / ".notes.tmp-0123456789ab", tmp_path / "a.png.imrseg-tmp-0123456789ab"]
+    for path in theirs:
+        path.write_bytes(b"not ours")
+    assert durable.remove_temporaries([tmp_path, tmp_path / "absent"]) == 1
+    assert not ours.exists() and all(p.exists() for p in theirs)
+
+
+def test_file_sha256_sees_a_changed_file(tmp_path):
+    path = tmp_path / "w.bin"
+    path.write_bytes(b"one")
+    os.utime(path, ns=(1, 1))
+    assert durable.file_sha256(path) == hashlib.sha256(b"one").hexdigest()
+    path.write_bytes(b"two")  # same size and inode: the new mtime tells them apart
+    os.utime(path, ns=(2, 2))
+    assert durable.file_sha256(path) == hashlib.sha256(b"two").hexdigest()

@@ -480,32 +480,40 @@ def touch_image(path: Path) -> Path:
 
 def test_find_images_in_folders_and_files(tmp_path):
     q = tmp_path / "q"
-    for rel in ["b.jpg", "a.PNG", "sub/c.JpEg", "sub/deeper/d.webp", "e.tif", "f.TIFF", "g.bmp"]:
+    for rel in ["b.jpg", "a.PNG", "sub/c.JpEg", "sub/deeper/d.webp", "e.tif", "f.TIFF", "g.bmp", "h.gif",
+                "i.PPM", "j.pgm", "k.pbm", "l.avif"]:
         touch_image(q / rel)
-    for rel in ["notes.txt", ".hidden.jpg", "._a.jpg", ".cache/x.jpg", "anim.gif"]:
+    for rel in ["notes.txt", ".hidden.jpg", "._a.jpg", ".cache/x.jpg", "m.heic"]:
         touch_image(q / rel)
-    odd = touch_image(tmp_path / "explicit.gif")
+    odd = touch_image(tmp_path / "explicit.xyz")
 
     found = images.find_images([q, odd])
 
     assert [str(p.relative_to(tmp_path)) for p, _ in found] == [
-        "q/a.PNG", "q/b.jpg", "q/e.tif", "q/f.TIFF", "q/g.bmp",
-        "q/sub/c.JpEg", "q/sub/deeper/d.webp", "explicit.gif",
+        "q/a.PNG", "q/b.jpg", "q/e.tif", "q/f.TIFF", "q/g.bmp", "q/h.gif", "q/i.PPM", "q/j.pgm", "q/k.pbm",
+        "q/l.avif", "q/sub/c.JpEg", "q/sub/deeper/d.webp", "explicit.xyz",
     ]
     assert all(root == q for _, root in found[:-1])
     assert found[-1] == (odd, tmp_path)
     assert images.find_images([q, odd]) == found  # stable
 
 
-def test_find_images_dedupes_excludes_and_skips_symlinked_folders(tmp_path):
+def test_the_search_takes_the_formats_that_are_decoded():
+    registered = Image.registered_extensions()  # AVIF only where Pillow has it
+    assert all(registered[ext] in images._DECODERS for ext in images.IMAGE_EXTENSIONS if ext in registered)
+    assert {".gif", ".ppm", ".pgm", ".pbm", ".avif"} <= images.IMAGE_EXTENSIONS
+
+
+def test_find_images_skips_excluded_files_even_when_named(tmp_path):
     q = tmp_path / "q"
-    touch_image(q / "a.jpg")
-    touch_image(q / "out" / "a.png")
-    (q / "loop").symlink_to(q, target_is_directory=True)
+    a, written = touch_image(q / "a.jpg"), touch_image(q / "a.png")
 
-    found = images.find_images([q, q / "a.jpg"], exclude=[q / "out"])
-
-    assert found == [(q / "a.jpg", q)]
+    assert images.find_images([q], exclude=[written]) == [(a, q)]
+    assert images.find_images([a, written], exclude=[written]) == [(a, q)]
+    with pytest.raises(InputError, match="q/a.png: no images left"):
+        images.find_images([written], exclude=[written])
+    with pytest.raises(InputError, match="no images found .* other than imrseg's own outputs"):
+        images.find_images([q], exclude=[a, written])
 
 
 @pytest.mark.parametrize("make, words", [

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from conftest import write_image
+from imrseg.durable import is_temporary
 from imrseg.errors import ImrsegError
 from imrseg.runner.batches import predict_with_backoff
 
@@ -50,6 +51,10 @@ def _interrupt(command, out: Path, sig: int) -> subprocess.CompletedProcess:
     return subprocess.CompletedProcess(command, proc.returncode, stdout, stderr)
 
 
+def temporaries(out: Path) -> list[Path]:
+    return [p for p in out.rglob("*") if is_temporary(p.name)]
+
+
 def _no_partial_files(out: Path) -> None:
     from PIL import Image
 
@@ -66,7 +71,7 @@ def test_interrupted_run_resumes_to_the_same_masks(job, sig):
     if sig == signal.SIGINT:
         assert stopped.returncode == 130, stopped.stderr
         assert "interrupted" in stopped.stderr
-        assert not list(out.rglob(".*.tmp-*"))
+        assert not temporaries(out)
     else:
         assert stopped.returncode == -signal.SIGKILL
     _no_partial_files(out)
@@ -75,7 +80,7 @@ def test_interrupted_run_resumes_to_the_same_masks(job, sig):
     again = subprocess.run(command(out), capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr
     assert _masks(out) == _masks(reference)
-    assert not list(out.rglob(".*.tmp-*"))  # a killed run's temporaries are cleaned up
+    assert not temporaries(out)  # a killed run's temporaries are cleaned up
 
 
 def test_out_of_memory_retries_in_halves():

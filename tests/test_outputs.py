@@ -90,6 +90,15 @@ def test_plan_files_from_different_folders_and_output_inside_input(tmp_path):
     assert_no_overwrites(plan, images)
 
 
+def test_plan_never_names_an_output_over_a_protected_input(tmp_path):
+    s, q = tmp_path / "s", tmp_path / "q"
+    images = [(q / "a.jpg", q), (q / "b.jpg", q), (q / "c.jpg", q)]
+
+    plan = outputs.plan_outputs(images, s, protect=[s / "a.png", s / "B_overlay.jpg"])  # a support, a mask
+
+    assert {p.name: stem.name for p, stem in plan.items()} == {"a.jpg": "a_jpg", "b.jpg": "b_jpg", "c.jpg": "c"}
+
+
 @settings(max_examples=200, deadline=None)
 @given(st.lists(
     st.tuples(
@@ -162,5 +171,9 @@ def test_completed_outputs(tmp_path):
     assert not outputs.completed_outputs(stem, required)
     outputs.output_path(stem, outputs.OVERLAY_SUFFIX).write_bytes(b"")
     assert not outputs.completed_outputs(stem, required)
-    outputs.save_overlay_jpg(outputs.output_path(stem, outputs.OVERLAY_SUFFIX), Image.new("RGB", (2, 2)), np.ones((2, 2)))
+    overlay = outputs.output_path(stem, outputs.OVERLAY_SUFFIX)
+    outputs.save_overlay_jpg(overlay, Image.new("RGB", (2, 2)), np.ones((2, 2)))
     assert outputs.completed_outputs(stem, required)
+    overlay.rename(tmp_path / "elsewhere.jpg")
+    overlay.symlink_to(tmp_path / "elsewhere.jpg")  # a link is not an output imrseg wrote
+    assert not outputs.completed_outputs(stem, required)

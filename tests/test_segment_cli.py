@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +16,7 @@ from conftest import write_image
 from imrseg.cli import _register, app
 
 _register()
+REPO = Path(__file__).resolve().parents[1]
 
 
 def run(*args):
@@ -23,8 +25,9 @@ def run(*args):
 
 
 def rows(out):
+    """The header, then the query rows (without the rows naming files about to be written)."""
     lines = (out / "results.jsonl").read_text().splitlines()
-    return [json.loads(line) for line in lines]
+    return [row for row in map(json.loads, lines) if row["type"] != "writing"]
 
 
 @pytest.fixture()
@@ -194,6 +197,16 @@ def test_odd_and_bad_inputs(tmp_path, weights):
     assert all(error.count("\n") == 0 and name in error for name, error in failed.items())
     for name in failed:
         assert f"imrseg: error: {folder / name}: " in result.output
+
+
+def test_segment_help_names_real_examples_and_flags_take_no_value():
+    for command in ("segment", "zero-shot"):
+        lines = run(command, "--help").output.splitlines()
+        for flag in ("--save-prob", "--save-cam", "--save-steps", "--overwrite", "--quiet", "--json"):
+            line = next(line for line in lines if f"{flag} " in line)
+            assert "<bool>" not in line, line
+        for example in re.findall(r"examples/[\w.]+", "\n".join(lines)):
+            assert (REPO / example).is_file(), example
 
 
 @pytest.mark.parametrize("command", ["segment", "zero-shot", "info", "eval", "weights list", "weights download",

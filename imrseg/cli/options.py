@@ -28,6 +28,11 @@ class Precision(str, Enum):
     bf16 = "bf16"
 
 
+def flag(name: str, text: str):
+    """A boolean option: present or absent, so help shows it without a value placeholder."""
+    return typer.Option(name, metavar="", help=text)
+
+
 WeightsOption = Annotated[Optional[str], typer.Option(
     "--weights", "-w", metavar="SPEC",
     help="IMR-HSNet weights: a registry name (see `imrseg weights list`), a Hub repo id (owner/name, @revision optional), "
@@ -53,7 +58,7 @@ CamModeOption = Annotated[CamMode, typer.Option(
                        "(whole image, aligned with what the network sees).")]
 PromptOption = Annotated[str, typer.Option(
     "--prompt-template", help="CLIP prompt, with {c} for the class name.")]
-JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
-QuietOption = Annotated[bool, typer.Option("--quiet", help="No progress bar or summary table.")]
+JsonOption = Annotated[bool, flag("--json", "Print JSON instead of a table.")]
+QuietOption = Annotated[bool, flag("--quiet", "No progress bar or summary table.")]
 MaxPixelsOption = Annotated[Optional[int], typer.Option(
     "--max-pixels", help="Largest image accepted, in pixels (decompression-bomb guard; default 178956970).")]

@@ -13,11 +13,11 @@ import typer
 from . import EXIT_INPUT_FAILED, EXIT_INTERRUPTED, app
 from .options import (BatchSizeOption, CamMode, CamModeOption, ClipWeightsOption, DeviceOption,
                       HubNamespaceOption, MaxPixelsOption, Precision, PrecisionOption, PromptOption,
-                      QuietOption, StepsOption, WeightsOption)
+                      QuietOption, StepsOption, WeightsOption, flag)
 
 SEGMENT_EXAMPLES = """Examples:
 
-  imrseg segment --label dog --support examples/dog_support.jpg --query examples/ --out out/
+  imrseg segment --label cat --support examples/cat.jpg --query examples/ --out masks/
 
   imrseg segment -l "traffic cone" -s cones/ -q photos/ -o masks/ --save-steps --save-cam
 
@@ -36,12 +36,14 @@ OutOption = Annotated[Path, typer.Option("--out", "-o", help="Output folder (mir
 VocabOption = Annotated[Optional[list[str]], typer.Option(
     "--vocab", help="A background class the label competes with in CLIP (repeatable; "
                     "default: the PASCAL and COCO class names).")]
-SaveProbOption = Annotated[bool, typer.Option("--save-prob", help="Also write <name>_prob.png (8-bit probability).")]
-SaveCamOption = Annotated[bool, typer.Option("--save-cam", help="Also write <name>_cam.png (the CLIP-CAM heat map).")]
-SaveStepsOption = Annotated[bool, typer.Option(
-    "--save-steps", help="Also write <name>_step{t}.png, the mask after each refinement step.")]
-OverwriteOption = Annotated[bool, typer.Option("--overwrite", help="Redo queries whose outputs exist.")]
-SummaryJsonOption = Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout.")]
+SaveProbOption = Annotated[bool, flag("--save-prob", "Also write <name>_prob.png (8-bit probability).")]
+SaveCamOption = Annotated[bool, flag("--save-cam", "Also write <name>_cam.png (the CLIP-CAM heat map).")]
+SaveStepsOption = Annotated[bool, flag(
+    "--save-steps", "Also write <name>_step{t}.png, the mask after each refinement step.")]
+OverwriteOption = Annotated[bool, flag(
+    "--overwrite", "Redo every query, even finished ones, and let these settings replace those the output "
+                   "folder was made with.")]
+SummaryJsonOption = Annotated[bool, flag("--json", "Print a JSON summary on stdout.")]
 
 
 @app.command(epilog=SEGMENT_EXAMPLES)
@@ -134,15 +136,15 @@ def _run(a: dict, zero_shot: bool) -> None:
     settings = _settings(a, zero_shot)
     summary = run_folder(settings, _progress(a["quiet"]))
     if current_shard().is_main:
-        _report(summary, a["quiet"], a["as_json"], settings.out / RESULTS_FILE)
+        _report(summary, a["quiet"], a["as_json"], settings.out, settings.out / RESULTS_FILE)
     if summary.interrupted:
         raise typer.Exit(EXIT_INTERRUPTED)
     if summary.failed:
         raise typer.Exit(EXIT_INPUT_FAILED)
 
 
-def _report(summary, quiet: bool, as_json: bool, results: Path) -> None:
-    data = {**summary.to_dict(), "results": str(results)}
+def _report(summary, quiet: bool, as_json: bool, out: Path, results: Path) -> None:
+    data = {**summary.to_dict(), "out": str(out), "results": str(results)}
     if as_json:
         typer.echo(json.dumps(data))
     if summary.interrupted:  # said even with --quiet: the run is not finished
@@ -160,5 +162,6 @@ def _report(summary, quiet: bool, as_json: bool, results: Path) -> None:
                   "-" if fg is None else f"{fg:.1%}", "-" if sec is None else f"{sec:.2f}")
     console = Console(stderr=True)
     console.print(table)
+    console.print(f"outputs in {out}, recorded in {results}", markup=False, highlight=False, soft_wrap=True)
     if summary.failed:
         console.print(f"{summary.failed} input(s) failed; see the errors above and {results}", markup=False)

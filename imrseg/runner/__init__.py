@@ -3,8 +3,9 @@ output folder, resumably, and records it in results.jsonl.
 
 settings  RunSettings, checked before any model loads
 folder    the run from start to end
+identity  the fingerprint of what shapes a mask, computed without loading a model
 batches   the loop: background decoding, batched prediction, atomic outputs
-results   results.jsonl: header, rows, and merging a distributed run's ranks"""
+results   results.jsonl: header, rows, what they prove, merging a distributed run's ranks"""
 from .batches import OutputOptions
 from .folder import run_folder
 from .results import RESULTS_FILE, Outcome, Summary

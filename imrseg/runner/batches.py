@@ -1,10 +1,13 @@
 """The loop over a run's queries: decode in the background, predict in batches,
-write every output atomically, log one row per query, and stop cleanly on Ctrl-C.
+write every output atomically, log one row per query in query order, and stop
+cleanly on Ctrl-C.
 
-A query whose outputs are all present is skipped, so re-running a command after an
-interruption finishes the rest; nothing finished is ever rewritten or lost."""
+A query an earlier run finished (as results.jsonl proves, see `History.finished`)
+is skipped, so re-running a command after an interruption finishes the rest;
+nothing finished is ever rewritten or lost."""
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
 import time
@@ -17,7 +20,7 @@ from .. import outputs
 from ..durable import ResultsLog
 from ..errors import ImrsegError, InputError
 from ..images import LoadedImage, load_image
-from .results import Outcome, Summary
+from .results import Outcome, Summary, relative_outputs
 
 PREFETCH_BATCHES = 2
 
@@ -35,6 +38,17 @@ class OutputOptions:
         out += [outputs.CAM_SUFFIX] if self.save_cam else []
         out += [outputs.step_suffix(t) for t in range(1, steps + 1)] if self.save_steps else []
         return out + [outputs.MASK_SUFFIX]
+
+
+@dataclass(frozen=True)
+class Job:
+    """One query of a run: its output stem, its size and mtime when planned, and the
+    row of an earlier run that finished it (then it is skipped)."""
+
+    query: Path
+    stem: Path
+    file: dict | None
+    finished: dict | None = None
 
 
 class StopOnInterrupt:
@@ -116,60 +130,65 @@ def _free_cached_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def segment_queries(predict: Callable, plan: dict[Path, Path], *, steps: int, options: OutputOptions,
-                   batch_size: int, overwrite: bool, max_pixels: int | None, log: ResultsLog,
-                   device_name: str = "cpu", on_outcome: Callable[[Outcome], None] = lambda o: None,
-                   stop: StopOnInterrupt | None = None) -> Summary:
-    """Segment every query in `plan` (query path -> output stem).
-
-    `predict(images, sizes)` returns one Prediction per loaded image. Finished
-    queries (all outputs present) are skipped unless `overwrite`."""
+def segment_queries(predict: Callable | None, jobs: Sequence[Job], *, out: Path, steps: int,
+                    options: OutputOptions, batch_size: int, max_pixels: int | None, log: ResultsLog,
+                    device_name: str = "cpu", on_outcome: Callable[[Outcome], None] = lambda o: None,
+                    stop: StopOnInterrupt | None = None) -> Summary:
+    """Segment every job not yet finished, writing its outputs under `out`; log one
+    row per job, in the jobs' order. `predict(images, sizes)` returns one Prediction
+    per loaded image (None when every job is finished)."""
     summary = Summary()
     suffixes = options.suffixes(steps)
+    # This batch's jobs in order: (job, LoadedImage) to predict, or an Outcome already known.
+    pending: list = []
 
     def record(outcome: Outcome) -> None:
-        log.write(outcome.row(steps))
+        log.write(outcome.row())
         summary.add(outcome)
         on_outcome(outcome)
 
-    todo = []
-    for query, stem in plan.items():
-        if not overwrite and outputs.completed_outputs(stem, suffixes):
-            record(Outcome(query, "skipped", mask=outputs.output_path(stem, outputs.MASK_SUFFIX)))
-        else:
-            todo.append(query)
-
-    batch: list[tuple[Path, LoadedImage]] = []
+    def written(job: Job, loaded: LoadedImage, prediction, seconds: float) -> Outcome:
+        try:
+            write_outputs(job.stem, loaded, prediction, options)
+        except ImrsegError as exc:
+            return Outcome(job.query, "failed", error=str(exc), steps=steps, query_file=job.file)
+        return Outcome(job.query, "done", outputs.output_path(job.stem, outputs.MASK_SUFFIX),
+                       prediction.foreground_fraction, seconds, steps=steps, query_file=job.file,
+                       outputs=relative_outputs(job.stem, suffixes, out))
 
     def flush() -> None:
-        if not batch:
-            return
-        started = time.perf_counter()
-        predictions = predict_with_backoff(predict, [loaded.image for _, loaded in batch],
-                                           [loaded.size for _, loaded in batch], device_name)
-        each = (time.perf_counter() - started) / len(batch)
-        for (query, loaded), prediction in zip(batch, predictions):
-            stem = plan[query]
-            try:
-                write_outputs(stem, loaded, prediction, options)
-            except ImrsegError as exc:
-                record(Outcome(query, "failed", error=str(exc)))
-                continue
-            record(Outcome(query, "done", outputs.output_path(stem, outputs.MASK_SUFFIX),
-                           prediction.foreground_fraction, round(each, 4)))
-        batch.clear()
+        batch = [item for item in pending if not isinstance(item, Outcome)]
+        if batch:
+            started = time.perf_counter()
+            predictions = iter(predict_with_backoff(predict, [loaded.image for _, loaded in batch],
+                                                    [loaded.size for _, loaded in batch], device_name))
+            each = round((time.perf_counter() - started) / len(batch), 4)
+            log.write({"type": "writing",
+                       "outputs": [f for job, _ in batch for f in relative_outputs(job.stem, suffixes, out)]})
+        for item in pending:
+            record(item if isinstance(item, Outcome) else written(*item, next(predictions), each))
+        pending.clear()
 
-    for query, loaded in _decoded(todo, max_pixels, lookahead=PREFETCH_BATCHES * batch_size):
-        if stop is not None and stop.requested:
-            summary.interrupted = True
-            break
-        if isinstance(loaded, InputError):
-            record(Outcome(query, "failed", error=str(loaded)))
-            continue
-        batch.append((query, loaded))
-        if len(batch) >= batch_size:
+    todo = [job.query for job in jobs if job.finished is None]
+    images = 0
+    with contextlib.closing(_decoded(todo, max_pixels, lookahead=PREFETCH_BATCHES * batch_size)) as decoded:
+        for job in jobs:
+            if job.finished is not None:
+                pending.append(Outcome.skipped(job.query, job.finished))
+            elif stop is not None and stop.requested:
+                summary.interrupted = True
+                break
+            else:
+                _, loaded = next(decoded)
+                if isinstance(loaded, InputError):
+                    pending.append(Outcome(job.query, "failed", error=str(loaded), steps=steps, query_file=job.file))
+                else:
+                    pending.append((job, loaded))
+                    images += 1
+            if images in (0, batch_size):
+                flush()
+                images = 0
+        else:
             flush()
-    else:
-        flush()
     # On interrupt, images decoded but not yet predicted are left for the next run.
     return summary

@@ -1,26 +1,41 @@
-"""A folder run from start to end: find and plan the queries, load the supports,
-build the predictor, write the run header, segment in batches, merge the ranks of
-a distributed run. The commands only parse options and show progress."""
+"""A folder run from start to end, ordered so that everything that can go wrong
+without a model does so before one loads:
+
+1. check the arguments; take the output folder's lock (one run at a time) and fold
+   in the rows of a distributed run that was killed;
+2. read results.jsonl (`History`): the folder's fingerprint, the finished queries,
+   and the files imrseg wrote there, which are never read back as inputs;
+3. find and check the supports and queries, fingerprint the run (hashing the weight
+   files, not loading them) and stop if the folder holds another run's outputs;
+4. plan the outputs (never over an input), keep what is finished, remove the
+   temporary files a killed run left;
+5. only if something is left to do, build the predictor; write the header, segment
+   in batches, and merge a distributed run's ranks.
+The commands only parse options and show progress."""
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import ContextManager
 
-import numpy as np
-
 from .. import __version__
-from ..distributed import barrier, current_shard, start, stop
-from ..durable import ResultsLog, remove_stale_temporaries
-from ..errors import InputError
-from ..images import find_images, load_image
+from ..distributed import Shard, barrier, current_shard, start, stop
+from ..durable import FolderLock, ResultsLog, remove_temporaries
+from ..errors import InputError, Note, show_path
+from ..images import find_images, load_image, load_mask
 from ..outputs import plan_outputs
-from .batches import StopOnInterrupt, segment_queries
-from .results import RESULTS_FILE, Outcome, Summary, merge_ranks, rank_log
+from .batches import Job, StopOnInterrupt, segment_queries
+from .identity import check_loaded, differences, fingerprint_of, run_identity
+from .results import RESULTS_FILE, History, Outcome, Summary, merge_ranks, query_file, rank_log
 from .settings import RunSettings
 
 # progress(total) opens a context that yields the callback each finished query is reported to.
 ProgressFactory = Callable[[int], ContextManager[Callable[[Outcome], None]]]
+# Header fields that come from the loaded model; a run that loads none repeats its predecessor's.
+MODEL_FIELDS = ("weights", "clip", "precision", "steps")
 
 
 def _no_progress(_total: int):
@@ -39,11 +54,17 @@ def load_supports(settings: RunSettings):
     if masks:
         drawn = []
         for image, mask_path in zip(images, masks):
-            mask = load_image(mask_path, max_pixels=settings.max_pixels, draft_size=0)
-            if mask.size != image.size:
-                raise InputError(f"{mask_path}: mask is {mask.size[0]}x{mask.size[1]} but its support "
+            mask = load_mask(mask_path, max_pixels=settings.max_pixels)
+            if mask.shape[::-1] != image.size:
+                raise InputError(f"{mask_path}: mask is {mask.shape[1]}x{mask.shape[0]} but its support "
                                  f"{image.path} is {image.size[0]}x{image.size[1]}")
-            drawn.append(np.asarray(mask.image).max(axis=2) > 0)
+            # Legal, but likely a mistake (an inverted or blank drawing): the support then shows
+            # the network no object, or no background.
+            if not mask.any() or mask.all():
+                what = "no pixel as object" if not mask.any() else "every pixel as object"
+                warnings.warn(Note(f"{show_path(mask_path)}: the drawn mask marks {what} (object = nonzero "
+                                   "and not transparent)"), stacklevel=2)
+            drawn.append(mask)
     return images, drawn
 
 
@@ -56,57 +77,119 @@ def _check_label_fits(label: str, template: str) -> None:
     check_label(open_clip.get_tokenizer(DEFAULT_CLIP_MODEL), template, label)
 
 
-def _header(settings: RunSettings, predictor, supports) -> dict:
-    weights, clip = predictor.weights_info, predictor.clip_info
-    return {"type": "run", "imrseg": __version__, "label": settings.label,
-            "supports": [str(s.path) for s in supports],
-            "support_masks": [str(p) for p in settings.support_masks],
-            "zero_shot": settings.zero_shot,
-            "weights": {"spec": weights.spec, "name": weights.name, "sha256": weights.sha256},
-            "clip": clip.model_name, "cam_mode": settings.cam_mode, "device": str(predictor.device),
-            "precision": predictor.precision, "steps": predictor.steps}
+@dataclass
+class RunPlan:
+    """A run worked out before any model loads."""
+
+    supports: list[Path]  # the support files found
+    loaded_supports: tuple  # load_supports' (images, drawn masks)
+    identity: dict
+    fingerprint: str
+    previous: dict | None  # the folder's latest header with this fingerprint
+    jobs: list[Job]
+
+
+def _plan(settings: RunSettings) -> RunPlan:
+    out = settings.out
+    history = History(out)
+    # --out may be an input folder: what imrseg wrote there is never an input.
+    exclude = [out, *(out / name for name in history.written)]
+    supports = [] if settings.zero_shot else [image for image, _ in find_images(settings.supports, exclude=exclude)]
+    # load_supports checks them (and their masks) now, before the weights are even read.
+    loaded = load_supports(replace(settings, supports=tuple(supports))) if supports else ([], None)
+    queries = find_images(settings.queries, exclude=exclude)
+    identity = run_identity(settings, supports)
+    fingerprint = fingerprint_of(identity)
+    if history.headers and history.fingerprint != fingerprint and not settings.overwrite:
+        before = history.headers[-1].get("identity")
+        what = (f"other {', '.join(differences(before, identity))}" if before
+                else "an imrseg that did not record its settings")
+        raise InputError(f"{show_path(out)}: holds outputs made with {what}; pass --overwrite to redo them "
+                         "with these settings, or choose another --out")
+    previous = None if settings.overwrite else history.header(fingerprint)
+    # Only a run with this fingerprint can have finished a query, with its steps (the same).
+    suffixes = settings.outputs.suffixes(previous["steps"]) if previous else None
+    jobs = []
+    for query, stem in plan_outputs(queries, out, protect=[*supports, *settings.support_masks]).items():
+        file = query_file(query)
+        finished = history.finished(query, file, stem, suffixes, out, fingerprint) if previous else None
+        jobs.append(Job(query, stem, file, finished))
+    return RunPlan(supports, loaded, identity, fingerprint, previous, jobs)
+
+
+def _predictor(settings: RunSettings, plan: RunPlan, device):
+    """(predictor, predict(images, sizes)) for the run."""
+    from ..predictor import Predictor
+
+    predictor = Predictor.from_pretrained(
+        settings.weights, settings.clip_weights, device=device, precision=settings.precision,
+        steps=settings.steps, vocabulary=settings.vocab, template=settings.prompt_template,
+        cam_mode=settings.cam_mode, hub_namespace=settings.hub_namespace)
+    check_loaded(plan.identity, predictor)
+    if settings.zero_shot:
+        return predictor, lambda images, sizes: predictor.predict_zero_shot(images, settings.label, sizes=sizes)
+    images, drawn = plan.loaded_supports
+    predictor.set_support([s.image for s in images], settings.label, masks=drawn)
+    return predictor, lambda images, sizes: predictor.predict_batch(images, sizes=sizes)
+
+
+def _header(settings: RunSettings, plan: RunPlan, model: dict, device, shard: Shard) -> dict:
+    return {"type": "run", "imrseg": __version__, "fingerprint": plan.fingerprint, "identity": plan.identity,
+            "label": settings.label, "supports": [str(p) for p in plan.supports],
+            "support_masks": [str(p) for p in settings.support_masks], "zero_shot": settings.zero_shot,
+            **model, "cam_mode": settings.cam_mode, "device": str(device), "rank": shard.rank, "world": shard.world}
+
+
+def _segment(settings: RunSettings, plan: RunPlan, jobs: list[Job], device, shard: Shard,
+             progress: ProgressFactory) -> Summary:
+    """This process's share of the jobs; the model loads only if one of them is not finished."""
+    from ..devices import default_batch_size
+
+    if not jobs:
+        return Summary()
+    out = settings.out
+    log_path = rank_log(out, shard.rank) if shard.distributed else out / RESULTS_FILE
+    with ResultsLog(log_path) as log:  # opened first: a log that cannot be written stops the run now
+        if any(job.finished is None for job in jobs):
+            predictor, predict = _predictor(settings, plan, device)
+            weights = predictor.weights_info
+            model = {"weights": {"spec": weights.spec, "name": weights.name, "sha256": weights.sha256},
+                     "clip": predictor.clip_info.model_name, "precision": predictor.precision,
+                     "steps": predictor.steps}
+        else:
+            predict, model = None, {name: plan.previous[name] for name in MODEL_FIELDS}
+        log.write(_header(settings, plan, model, device, shard))
+        with progress(len(jobs)) as report, StopOnInterrupt() as stopper:
+            return segment_queries(
+                predict, jobs, out=out, steps=model["steps"], options=settings.outputs,
+                batch_size=settings.batch_size or default_batch_size(device), max_pixels=settings.max_pixels,
+                log=log, device_name=str(device), on_outcome=report, stop=stopper)
 
 
 def run_folder(settings: RunSettings, progress: ProgressFactory = _no_progress) -> Summary:
     """Segment every query of `settings` into `settings.out`; returns the totals
     (on rank 0 of a distributed run, those of every rank)."""
-    from ..devices import default_batch_size, resolve_device
-    from ..predictor import Predictor
+    from ..devices import resolve_device
 
     settings.check()
     device = resolve_device(settings.device)
     _check_label_fits(settings.label, settings.prompt_template)
-    out = settings.out
-    plan = plan_outputs(find_images(settings.queries, exclude=[out]), out)
-    supports, drawn = ([], None) if settings.zero_shot else load_supports(settings)
-
     shard = current_shard()
-    if shard.is_main:
-        remove_stale_temporaries(out)
     device = start(shard, device)
-    predictor = Predictor.from_pretrained(
-        settings.weights, settings.clip_weights, device=device, precision=settings.precision,
-        steps=settings.steps, vocabulary=settings.vocab, template=settings.prompt_template,
-        cam_mode=settings.cam_mode, hub_namespace=settings.hub_namespace)
-    if supports:
-        predictor.set_support([s.image for s in supports], settings.label, masks=drawn)
-        predict = predictor.predict_batch
-    else:
-        def predict(images, sizes):
-            return predictor.predict_zero_shot(images, settings.label, sizes=sizes)
-
-    mine = {q: plan[q] for q in shard.take(list(plan))}
-    log_path = rank_log(out, shard.rank) if shard.distributed else out / RESULTS_FILE
-    with progress(len(mine)) as report, StopOnInterrupt() as stopper, ResultsLog(log_path) as log:
-        log.write({**_header(settings, predictor, supports), "rank": shard.rank, "world": shard.world})
-        summary = segment_queries(
-            lambda images, sizes: predict(images, sizes=sizes), mine, steps=predictor.steps,
-            options=settings.outputs, batch_size=settings.batch_size or default_batch_size(device),
-            overwrite=settings.overwrite, max_pixels=settings.max_pixels, log=log, device_name=str(device),
-            on_outcome=report, stop=stopper)
-    barrier(shard)
-    if shard.distributed and shard.is_main:
-        summary = merge_ranks(out, shard.world, summary.interrupted)
+    out = settings.out
+    with contextlib.ExitStack() as held:
+        if shard.is_main:  # rank 0 holds the folder for every rank, from here to the merge
+            held.enter_context(FolderLock(out))
+            merge_ranks(out)  # rows of a distributed run that was killed
+        barrier(shard)
+        plan = _plan(settings)
+        if shard.is_main:  # under the lock, so no live run's temporary file is among them
+            remove_temporaries({out, *(job.stem.parent for job in plan.jobs)})
+        barrier(shard)  # no rank writes before that
+        summary = _segment(settings, plan, shard.take(plan.jobs), device, shard, progress)
+        barrier(shard)
+        if shard.distributed and shard.is_main:
+            interrupted, summary = summary.interrupted, merge_ranks(out)
+            summary.interrupted = interrupted
     stop(shard)
     return summary
-

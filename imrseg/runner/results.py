@@ -1,15 +1,26 @@
-"""`results.jsonl`, the record of a folder run: a header row saying what the run
-was (weights, label, supports, settings), then one row per query (path, mask,
-status, foreground fraction, seconds, error). A distributed run writes one file
-per rank and rank 0 merges them in query order."""
+"""`results.jsonl`, the record of an output folder, and what it proves.
+
+Each run appends a header row (`type` "run": weights, label, supports, settings and
+the fingerprint of everything that shapes a mask, see `identity`), then, in query
+order, one `type` "query" row per query: path, its size and mtime when planned,
+mask, the files written (`outputs`, relative to the output folder), status,
+foreground fraction, steps, seconds, error. Before a batch's files are written a
+`type` "writing" row names them, so even a killed run's files are known as
+imrseg's and never read back as inputs. A distributed run writes one file per rank
+and rank 0 merges them in query order."""
 from __future__ import annotations
 
+import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..durable import ResultsLog, read_results
+from ..errors import InputError, show_path
+from ..outputs import MASK_SUFFIX, completed_outputs, output_path
 
 RESULTS_FILE = "results.jsonl"
+_RANK_LOG = re.compile(r"\.results\.rank(\d+)\.jsonl")
 
 
 @dataclass
@@ -20,12 +31,21 @@ class Outcome:
     foreground_fraction: float | None = None
     seconds: float | None = None
     error: str | None = None
+    steps: int | None = None
+    query_file: dict | None = None  # size and mtime_ns when planned: a changed file is redone
+    outputs: list[str] = field(default_factory=list)
 
-    def row(self, steps: int) -> dict:
+    def row(self) -> dict:
         return {"type": "query", "query": str(self.query), "status": self.status,
-                "mask": str(self.mask) if self.mask else None,
-                "foreground_fraction": self.foreground_fraction, "steps": steps,
-                "seconds": self.seconds, "error": self.error}
+                "mask": str(self.mask) if self.mask else None, "outputs": self.outputs,
+                "query_file": self.query_file, "foreground_fraction": self.foreground_fraction,
+                "steps": self.steps, "seconds": self.seconds, "error": self.error}
+
+    @classmethod
+    def skipped(cls, query: Path, finished: dict) -> Outcome:
+        """A query kept from an earlier run: its row carried forward."""
+        return cls(query, "skipped", Path(finished["mask"]), finished["foreground_fraction"],
+                   steps=finished["steps"], query_file=finished["query_file"], outputs=finished["outputs"])
 
 
 @dataclass
@@ -50,25 +70,97 @@ class Summary:
                 "seconds_per_image": mean(self.seconds)}
 
 
+def query_file(path: Path) -> dict | None:
+    """What identifies a query's content cheaply: size and mtime_ns change whenever the
+    file is rewritten or replaced, and reading them costs no decoding or hashing."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None  # it fails when decoded, with the reason
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def relative_outputs(stem: Path, suffixes, out: Path) -> list[str]:
+    return [output_path(stem, s).relative_to(out).as_posix() for s in suffixes]
+
+
+class History:
+    """What an output folder's results.jsonl says: the fingerprint the folder holds,
+    which queries are finished, and every file imrseg wrote there."""
+
+    def __init__(self, out: Path):
+        path = out / RESULTS_FILE
+        if path.is_symlink():
+            raise InputError(f"{show_path(path)}: is a symbolic link; imrseg keeps its log as a regular file "
+                             "inside --out (remove the link)")
+        self.headers: list[dict] = []
+        self.last: dict[str, tuple[str | None, dict]] = {}  # query -> (fingerprint then, its last row)
+        self.written: set[str] = set()  # relative to `out`
+        for row in read_results(path):
+            if row.get("type") == "run":
+                self.headers.append(row)
+            elif row.get("type") == "query":
+                self.last[row.get("query")] = (self.fingerprint, row)
+            self.written.update(row.get("outputs") or ())
+
+    @property
+    def fingerprint(self) -> str | None:
+        """The fingerprint of the folder's latest run (None: no run, or one from before fingerprints)."""
+        return self.headers[-1].get("fingerprint") if self.headers else None
+
+    def header(self, fingerprint: str) -> dict | None:
+        return next((h for h in reversed(self.headers) if h.get("fingerprint") == fingerprint), None)
+
+    def finished(self, query: Path, file: dict | None, stem: Path, suffixes, out: Path,
+                 fingerprint: str) -> dict | None:
+        """The row proving `query` finished, if it did: its latest row is done or
+        skipped under this fingerprint, for this very file (path; `file`, its size and
+        mtime) and mask, and every file this run needs was written then and is still there."""
+        then, row = self.last.get(str(query), (None, None))
+        if row is None or then != fingerprint or row.get("status") not in ("done", "skipped"):
+            return None
+        if file is None or row.get("query_file") != file or row.get("mask") != str(output_path(stem, MASK_SUFFIX)):
+            return None
+        if not set(relative_outputs(stem, suffixes, out)) <= set(row.get("outputs") or ()):
+            return None
+        return row if completed_outputs(stem, suffixes) else None
+
+
 def rank_log(out: Path, rank: int) -> Path:
     """One rank's rows of a distributed run, merged into results.jsonl at the end."""
     return out / f".results.rank{rank}.jsonl"
 
 
-def merge_ranks(out: Path, world: int, interrupted: bool) -> Summary:
-    """Rank 0: gather every rank's rows into results.jsonl, in query order, and total them."""
-    rows = [read_results(rank_log(out, rank)) for rank in range(world)]
-    merged = Summary(interrupted=interrupted)
-    with ResultsLog(out / RESULTS_FILE) as log:
-        log.write({**rows[0][0], "rank": 0, "world": world})
-        queries = [[r for r in part if r.get("type") == "query"] for part in rows]
-        for i in range(max(map(len, queries))):  # rank r took items r, r + world, ...
-            for part in queries:
-                if i < len(part):
-                    log.write(part[i])
-                    merged.add(Outcome(Path(part[i]["query"]), part[i]["status"],
-                                       foreground_fraction=part[i]["foreground_fraction"],
-                                       seconds=part[i]["seconds"]))
-    for rank in range(world):
-        rank_log(out, rank).unlink()
+def _by_query(rows: list[dict]) -> list[list[dict]]:
+    """A rank's rows after its header, each query row with the rows written before it."""
+    groups, pending = [], []
+    for row in rows[1:]:
+        pending.append(row)
+        if row.get("type") == "query":
+            groups.append(pending)
+            pending = []
+    return groups + [pending] if pending else groups
+
+
+def merge_ranks(out: Path) -> Summary:
+    """Gather the rank files in `out` into results.jsonl, in query order, remove them
+    and total them: at the end of a distributed run, and at the start of any run
+    after one was killed. The caller holds the folder's lock."""
+    ranks = sorted((int(m[1]), out / m[0]) for m in map(_RANK_LOG.fullmatch, os.listdir(out)) if m)
+    parts = [rows for rows in (read_results(path) for _, path in ranks) if rows]
+    merged = Summary()
+    if parts:
+        with ResultsLog(out / RESULTS_FILE) as log:
+            log.write({**parts[0][0], "rank": 0, "world": len(ranks)})
+            groups = [_by_query(rows) for rows in parts]
+            for i in range(max(map(len, groups))):  # rank r took items r, r + world, ...
+                for part in groups:
+                    for row in part[i] if i < len(part) else ():
+                        log.write(row)
+                        if row.get("type") == "query":
+                            merged.add(Outcome(Path(row["query"]), row["status"],
+                                               foreground_fraction=row["foreground_fraction"],
+                                               seconds=row["seconds"]))
+    for _, path in ranks:
+        path.unlink()
     return merged
