@@ -17,7 +17,7 @@ from PIL import Image
 
 from .errors import InputError
 from .transforms import CAM_SIZE, CLIP_MODES, clip_input
-from .vocabulary import DEFAULT_TEMPLATE
+from .vocabulary import DEFAULT_TEMPLATE, check_template
 
 CAM_MODES = CLIP_MODES
 CAM_BATCH = 16
@@ -37,7 +37,8 @@ def postprocess_cam(raw: np.ndarray, input_size: int) -> np.ndarray:
 
 
 def check_label(tokenizer, template: str, label: str, context_length: int = 77) -> None:
-    """Fail early, with the fix, on labels CLIP cannot take."""
+    """Fail early, with the fix, on labels (and templates) CLIP cannot take."""
+    check_template(template)
     if not label or not label.strip():
         raise InputError("the label is empty; pass --label with the name of the object to segment")
     tokens = tokenizer([template.format(c=label)], context_length=10_000)
@@ -60,8 +61,7 @@ class ClipCAM:
                  mode: str = "official", device: str | torch.device | None = None):
         if mode not in CAM_MODES:
             raise InputError(f"unknown CAM mode {mode!r}; expected one of {', '.join(CAM_MODES)}")
-        if "{c}" not in template:
-            raise InputError(f"prompt template {template!r} has no '{{c}}' placeholder for the class name")
+        check_template(template)
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         self.model = model.to(self.device).eval().requires_grad_(False)
         if tokenizer is None:
@@ -147,6 +147,56 @@ class ClipCAM:
         maps = self.maps(images, classnames, targets)
         return torch.from_numpy(np.stack([cv2.resize(m, (size, size)) for m in maps])
                                 if len(maps) else np.zeros((0, size, size), np.float32))
+
+    # ------------------------------------------------------- several labels
+    def cams_for_labels(self, images: Sequence[Image.Image], vocabularies: Sequence[Sequence[str]],
+                        size: int = CAM_SIZE) -> torch.Tensor:
+        """Coarse masks of every image for several labels, (V, N, size, size): entry v is
+        `self(images, vocabularies[v], [0] * N, size)`, the label being the first name
+        of its vocabulary. Each image batch goes through CLIP's vision tower once."""
+        maps = self.maps_for_labels(images, vocabularies)
+        resized = [[cv2.resize(m, (size, size)) for m in per_label] for per_label in maps]
+        return torch.from_numpy(np.asarray(resized, dtype=np.float32).reshape(len(vocabularies), len(images), size, size))
+
+    def maps_for_labels(self, images: Sequence[Image.Image], vocabularies: Sequence[Sequence[str]]) -> np.ndarray:
+        """Grad-CAM maps at the CLIP input size, (V, N, S, S), equal to
+        `maps(images, vocabularies[v], [0] * N)` for each v. The forward pass is shared:
+        each label's probability is differentiated on the same graph (kept for the
+        next label), so V labels cost one image forward and V short backward passes
+        from the target layer on, instead of V of each."""
+        texts = [self.text_features(v) for v in vocabularies]
+        batches = [self._maps_for_texts(self.batch(images[i:i + CAM_BATCH]), texts)
+                   for i in range(0, len(images), CAM_BATCH)]
+        if not batches:
+            return np.zeros((len(vocabularies), 0, self.input_size, self.input_size), np.float32)
+        return np.concatenate(batches, axis=1)
+
+    def _maps_for_texts(self, batch: torch.Tensor, texts: Sequence[torch.Tensor]) -> np.ndarray:
+        captured = {}
+
+        def hook(_module, _inputs, output):
+            leaf = output.detach().requires_grad_(True)  # the graph starts here, as in `maps`
+            captured["act"] = leaf
+            return leaf
+
+        handle = self.target_layer.register_forward_hook(hook)
+        try:
+            with torch.enable_grad():
+                feats = self.model.encode_image(batch).float()
+                feats = feats / feats.norm(dim=-1, keepdim=True)
+                grads = []
+                for v, text in enumerate(texts):
+                    score = (100.0 * feats @ text.T).softmax(dim=-1)[:, 0].sum()
+                    grads.append(torch.autograd.grad(score, captured["act"], retain_graph=v < len(texts) - 1)[0])
+        finally:
+            handle.remove()
+        act = self._to_grid(captured["act"].detach()).float()
+        out = []
+        for grad in grads:
+            weights = self._to_grid(grad).float().mean(dim=(2, 3), keepdim=True)
+            raw = (weights * act).sum(dim=1).cpu().numpy()
+            out.append(np.stack([postprocess_cam(r, self.input_size) for r in raw]))
+        return np.stack(out)
 
 
 def openai_fp16_round_trip(model: torch.nn.Module) -> torch.nn.Module:

@@ -17,6 +17,11 @@ class InputError(ImrsegError):
     """An image or argument that cannot be used."""
 
 
+class NetworkError(ImrsegError):
+    """A download that failed: the Hub or a server out of reach, or its answer unusable.
+    Its own exit status, since the arguments may be fine and a retry later may work."""
+
+
 def show_path(path: os.PathLike | str) -> str:
     """The path as one printable line: control characters and undecodable bytes escaped."""
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(path))

@@ -2,12 +2,17 @@
 label's CLIP softmax is taken against.
 
 Grad-CAM differentiates the label's softmax probability, which needs other
-classes to compete with. By default these are the PASCAL VOC and COCO class
-names, without the label itself and its exact synonyms (a synonym would split
-the label's own probability)."""
+classes to compete with: alone, the label's probability is 1 whatever the image,
+its gradient 0 and the CAM flat. By default the competitors are the PASCAL VOC
+and COCO class names; any list is used without the label itself and its exact
+synonyms (a synonym would split the label's own probability), and a list that
+leaves nothing is refused."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from string import Formatter
+
+from .errors import InputError
 
 DEFAULT_TEMPLATE = "a photo of a {c}"  # the authors' prompt
 
@@ -35,14 +40,41 @@ def _same_thing(a: str, b: str) -> bool:
     return na == nb or any(na in group and nb in group for group in SYNONYMS)
 
 
+def check_template(template: str) -> None:
+    """InputError unless `template` is a prompt with the class name as `{c}` and no other
+    field (literal braces are written `{{` and `}}`), so `template.format(c=name)` works."""
+    hint = "write the class name as {c} and literal braces as {{ and }}"
+    try:
+        fields = [name for _, name, _, _ in Formatter().parse(template) if name is not None]
+    except ValueError as exc:  # a lone brace
+        raise InputError(f"--prompt-template {template!r} is not a template ({exc}); {hint}") from None
+    others = sorted({"{" + name + "}" for name in fields if name != "c"})
+    if others:
+        raise InputError(f"--prompt-template {template!r} has {', '.join(others)}, which nothing fills in; {hint}")
+    if not fields:
+        raise InputError(f"--prompt-template {template!r} has no {{c}} for the class name; {hint}")
+    try:
+        template.format(c="x")
+    except (ValueError, KeyError, IndexError) as exc:  # a bad format spec: {c:d}, {c!z}, {c:{x}}
+        raise InputError(f"--prompt-template {template!r} does not format a class name "
+                         f"({type(exc).__name__}: {exc}); {hint}") from None
+
+
 def background_vocabulary(label: str, background: Sequence[str] | None = None) -> list[str]:
-    """[label, competitors...]: `background` replaces the default PASCAL + COCO names."""
+    """[label, competitors...]: `background` replaces the default PASCAL + COCO names.
+    InputError when it leaves the label no competitor (blank names do not count)."""
     from .evaluation.classes import COCO_CLASSES, PASCAL_CLASSES
 
     names = list(background) if background is not None else list(PASCAL_CLASSES) + list(COCO_CLASSES)
     out, seen = [label], {_norm(label)}
-    for name in names:
-        if not _same_thing(name, label) and _norm(name) not in seen:
+    for name in (n.strip() for n in names):
+        if name and not _same_thing(name, label) and _norm(name) not in seen:
             out.append(name)
             seen.add(_norm(name))
+    if len(out) == 1:
+        given = ", ".join(repr(n) for n in names) or "nothing"
+        raise InputError(f"--vocab leaves the label {label!r} nothing to compete with in CLIP (given: {given}; "
+                         "the label and its synonyms are left out), so its CAM would be flat; "
+                         "name other classes, e.g. --vocab dog --vocab person, or drop --vocab for the "
+                         "PASCAL and COCO names")
     return out

@@ -78,9 +78,10 @@ def test_pickle_with_code_is_refused_and_not_run(tmp_path, protocol):
         pickle.dump({"module.state": Payload()}, f, protocol=protocol)
     if os.path.exists("/tmp/imrseg-pwned"):
         os.remove("/tmp/imrseg-pwned")
-    with pytest.raises(CheckpointError, match="refused to load"):
+    with pytest.raises(CheckpointError, match="refused to load") as err:
         IMRHSNet.from_official(path)
     assert not os.path.exists("/tmp/imrseg-pwned")
+    assert "weights_only" not in str(err.value)  # PyTorch's advice to load it unsafely is not relayed
 
 
 def test_non_tensor_entries_are_refused(tmp_path):
@@ -93,3 +94,19 @@ def test_non_tensor_entries_are_refused(tmp_path):
 def test_missing_file(tmp_path):
     with pytest.raises(CheckpointError, match="no such file"):
         IMRHSNet.from_official(tmp_path / "nope.pt")
+
+
+@pytest.mark.parametrize("name, content", [
+    ("notes.txt", b"hello world\n"),
+    ("cut.pkl", b"\x80\x02}q\x00"),
+    ("bad.safetensors", b"\x10\x00\x00\x00\x00\x00\x00\x00{not json......}"),
+])
+def test_files_of_another_kind_are_one_line_checkpoint_errors(tmp_path, name, content):
+    from imrseg.hub import resolve_weights
+
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError, match="not a readable PyTorch checkpoint") as err:
+        resolve_weights(str(path))
+    assert str(err.value).count(str(path)) == 1 and "\n" not in str(err.value)
+

@@ -184,6 +184,37 @@ def test_pickled_objects_of_any_class_are_refused():
     assert safe_loads(pickle.dumps({3: ["a", "b"], 7: []}), "x.pkl") == {3: ["a", "b"], 7: []}
 
 
+def test_shared_references_are_refused_at_once(tmp_path):
+    """Every class referencing one list is a small file but a huge walk; refused, and fast."""
+    import time
+
+    two = ["val2014/a.jpg", "val2014/b.jpg"]
+    (tmp_path / "fold0.pkl").write_bytes(pickle.dumps(dict.fromkeys(range(80), two)))
+    shared = [f"val2014/{i}.jpg" for i in range(100_000)]
+    (tmp_path / "fold1.pkl").write_bytes(pickle.dumps(dict.fromkeys(range(80), shared)))
+    nested = ["val2014/a.jpg"]
+    for _ in range(60):  # 2**60 names behind 60 lists
+        nested = [nested, nested]
+    (tmp_path / "fold2.pkl").write_bytes(pickle.dumps({0: nested}))
+    for fold in (0, 1, 2):
+        started = time.perf_counter()
+        with pytest.raises(InputError, match="a list referenced twice; shared references are refused"):
+            load_split("coco", fold, tmp_path)
+        assert time.perf_counter() - started < 1.0
+
+
+def test_a_pickle_of_too_many_operations_is_refused_quickly():
+    import time
+
+    data = pickle.dumps({0: [f"{i}.jpg" for i in range(600_000)]})
+    started = time.perf_counter()
+    with pytest.raises(InputError, match="more than 500000 pickle operations"):
+        safe_loads(data, "x.pkl")
+    assert time.perf_counter() - started < 2.0
+    # Names repeated as one string object are fine: the official lists share their strings.
+    assert safe_loads(pickle.dumps({0: ["a.jpg"] * 1000}), "x.pkl") == {0: ["a.jpg"] * 1000}
+
+
 @pytest.mark.parametrize("obj, message", [
     ([1, 2], "expected a dict"),
     ({"person": ["a.jpg"]}, "not a COCO class index"),
@@ -284,6 +315,23 @@ def test_missing_image_is_one_line(tmp_path):
     (tmp_path / "VOC2012" / "JPEGImages").mkdir(parents=True)
     with pytest.raises(InputError, match="no such file"):
         BenchmarkData("pascal", tmp_path).read_image("nope")
+
+
+def test_a_decompression_bomb_is_one_line(tmp_path):
+    """A 10^9-pixel PNG header (a few bytes): refused as the unreadable files are."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    folder = tmp_path / "VOC2012" / "JPEGImages"
+    folder.mkdir(parents=True)
+    (folder / "huge.jpg").write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 40_000, 25_000,
+                                                                                      8, 2, 0, 0, 0))
+                                      + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
+    with pytest.raises(InputError, match="huge.jpg: refused: Image size \\(1000000000 pixels\\) exceeds limit"):
+        BenchmarkData("pascal", tmp_path).read_image("huge")
 
 
 @settings(max_examples=40, deadline=None)

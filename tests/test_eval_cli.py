@@ -94,6 +94,9 @@ def test_eval_writes_report_is_deterministic_and_resumes(cli, voc, tmp_path):
     assert first["weights"]["name"] == str(voc.weights)
     assert first["weights"]["sha256"] == hashlib.sha256(voc.weights.read_bytes()).hexdigest()
     assert set(first["per_class"]) == {"aeroplane", "bicycle", "bird", "boat", "bottle"}
+    # Two episodes, both drawing aeroplane: the others are 0 in the mIoU, and said to be unevaluated.
+    assert first["unevaluated_classes"] == ["bicycle", "bird", "boat", "bottle"]
+    assert "not evaluated: bicycle, bird, boat, bottle" in " ".join(result.out.split())
     assert 0 <= first["miou"] <= 100 and 0 <= first["fb_iou"] <= 100 and first["seconds"] > 0
     assert first["paper_miou"] is None  # the paper's figure is for 2 steps
     [state] = (tmp_path / "cache-a" / "eval").glob("*.jsonl")
@@ -149,11 +152,19 @@ def test_zero_shot_runs_without_supports(cli, voc, tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["--fold", "7"], "--fold must be one of 0, 1, 2, 3, all"),
     (["--fold", "0", "--data-root", "/nonexistent/data"], "/nonexistent/data/VOC2012/JPEGImages: no such folder"),
-    (["--fold", "0", "--splits", "/nonexistent/splits"], "/nonexistent/splits: --splits is not a folder"),
+    (["--fold", "0", "--method", "cam", "--splits", "/nonexistent/splits"],
+     "/nonexistent/splits: --splits is not a folder"),
+    # Found before anything is evaluated, not after.
+    (["--fold", "0", "--report", "VOC2012"], "VOC2012: --report is a folder; give a file name"),
+    (["--fold", "0", "--report", "taken/report.json"], "taken/report.json: --report cannot be written there"),
+    # Not on the Hub yet: said before any model loads or any split is fetched.
+    (["--fold", "1"], "imr-hsnet-resnet50-pascal-fold1: the authors' ResNet-50 PASCAL-5i fold 1 checkpoint is not "
+                      "on the Hub yet"),
 ])
 def test_errors_are_one_line(args, message, tmp_path):
     for kind in ("JPEGImages", "SegmentationClassAug"):
         (tmp_path / "VOC2012" / kind).mkdir(parents=True)
+    (tmp_path / "taken").write_text("a file, not a folder\n")
     env = {**os.environ, "IMRSEG_CACHE": str(tmp_path), "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     proc = subprocess.run([sys.executable, "-m", "imrseg", "eval", "--benchmark", "pascal", "--data-root", ".",
                            *args], capture_output=True, text=True, cwd=tmp_path, env=env)

@@ -51,6 +51,27 @@ def test_meter_reads_out_as_the_authors():
     assert meter.per_class() == {"bicycle": pytest.approx(100 * 2 / 6), "bus": 100.0, "traffic light": 0.0}
     assert meter.miou == pytest.approx((2 / 6 + 1 + 0) / 3 * 100)
     assert meter.fb_iou == pytest.approx((18 / 20 + 5 / 9) / 2 * 100)
+    assert meter.unevaluated() == ["traffic light"]
+
+
+def test_classes_no_episode_drew_are_named_in_the_table_and_the_report():
+    """The authors' figure counts them as 0 IoU; the output says which they are."""
+    from rich.console import Console
+
+    from imrseg.cli.eval import _print_fold
+    from imrseg.evaluation.loop import EvalResult
+
+    meter = IoUMeter("pascal", [0, 1, 2, 3, 4])
+    meter.update(0, [90, 10], [100, 10])
+    result = EvalResult(EvalSettings("pascal", 0, episodes=1), meter.miou, meter.fb_iou, meter.per_class(), 1, 0,
+                        1.0, unevaluated=meter.unevaluated())
+    assert result.to_dict()["unevaluated_classes"] == ["bicycle", "bird", "boat", "bottle"]
+    console = Console(record=True, width=200)
+    _print_fold(console, result, None)
+    text = console.export_text()
+    assert "aeroplane" in text and "100.0" in text and text.count("not evaluated") == 5
+    assert "not evaluated: bicycle, bird, boat, bottle (no episode drew them)" in text
+    assert "count as 0 IoU in the mIoU" in text
 
 
 # ---------------------------------------------------------------------- CAMs

@@ -12,6 +12,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from urllib.parse import unquote, urlsplit
 
+import numpy as np
 import pytest
 import torch
 from huggingface_hub import constants as hf_constants
@@ -20,7 +21,7 @@ from safetensors.torch import load, load_file, save, save_file
 from imrseg import hub, paths
 from imrseg.hub import download, publish
 from imrseg.evaluation.classes import COCO_CLASSES, NUM_FOLDS, PASCAL_CLASSES, fold_class_names
-from imrseg.errors import CheckpointError, ImrsegError
+from imrseg.errors import CheckpointError, ImrsegError, NetworkError
 from imrseg.models import IMRHSNet
 from recipe import recipe_state_dict
 
@@ -39,6 +40,7 @@ class FakeHub:
     def __init__(self):
         self.repos: dict[str, dict] = {}
         self.requests: list[tuple[str, str]] = []
+        self.failing: int | None = None  # an HTTP status every request gets, e.g. 503
         handler = type("Handler", (_ResolveHandler,), {"hub": self})
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
@@ -82,6 +84,11 @@ class _ResolveHandler(BaseHTTPRequestHandler):
 
     def _serve(self, with_body: bool) -> None:
         self.hub.requests.append((self.command, self.path))
+        if self.hub.failing:
+            self.send_response(self.hub.failing)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         match = re.fullmatch(r"/([^/]+/[^/]+)/resolve/([^/]+)/(.+)", urlsplit(self.path).path)
         repo = self.hub.repos.get(unquote(match.group(1))) if match else None
         if repo is None:
@@ -162,9 +169,11 @@ def same_weights(model, state_dict) -> bool:
         own[k].dtype == v.dtype and torch.equal(own[k], v) for k, v in state_dict.items())
 
 
-def patch_entry(monkeypatch, name: str = NAME, **changes) -> None:
+def patch_entry(monkeypatch, name: str | None = NAME, **changes) -> None:
+    """Change the registry entry `name` (None: every entry) for every module that reads it."""
     registry = hub.load_registry()
-    entries = {**registry.entries, name: dataclasses.replace(registry.entries[name], **changes)}
+    entries = {n: dataclasses.replace(e, **changes) if name in (None, n) else e
+               for n, e in registry.entries.items()}
     patched = hub.Registry(registry.paper, entries)
     for module in (hub, hub.weights, publish):  # every module that reads the registry
         monkeypatch.setattr(module, "load_registry", lambda: patched)
@@ -210,6 +219,7 @@ def test_fold_classes_follow_the_benchmarks():
 
 # ---------------------------------------------------------------- spec kinds
 def test_specs_name_a_folder_a_file_a_registry_entry_or_a_hub_repo(converted, monkeypatch):
+    patch_entry(monkeypatch, sha256=converted.sha256)  # as when published
     assert hub.locate_weights(str(converted.folder)).kind == "folder"
     assert hub.locate_weights(str(converted.pt)).kind == "official"
     assert hub.locate_weights(None).spec == hub.DEFAULT_WEIGHTS
@@ -243,8 +253,9 @@ def test_the_hub_environment_is_read_when_used(monkeypatch, tmp_path):
     assert download.hf_offline()
 
 
-def test_download_then_the_cache_is_reused(fake_hub, converted, isolated_hf):
+def test_download_then_the_cache_is_reused(fake_hub, converted, isolated_hf, monkeypatch):
     commit = fake_hub.publish(REPO, converted.files)
+    patch_entry(monkeypatch, sha256=converted.sha256)
     model, info = hub.resolve_weights(NAME)
     assert same_weights(model, converted.state_dict)
     assert sorted(fake_hub.downloads()) == sorted(f"/{REPO}/resolve/main/{f}" for f in converted.files)
@@ -265,7 +276,7 @@ def test_the_registry_revision_is_pinned(fake_hub, converted, monkeypatch):
     first = fake_hub.publish(REPO, converted.files, tag="v1")
     newer = altered(converted.files)
     fake_hub.publish(REPO, newer)  # main moves on
-    patch_entry(monkeypatch, revision=first)
+    patch_entry(monkeypatch, revision=first, sha256=converted.sha256)
     model, info = hub.resolve_weights(NAME)
     assert same_weights(model, converted.state_dict) and info.commit == first
     assert fetched_sha256(f"{REPO}@v1") == converted.sha256
@@ -298,6 +309,7 @@ def test_missing_repo_revision_or_file_are_named(fake_hub, converted):
 
 def test_offline_with_a_filled_cache_makes_no_request(fake_hub, converted, monkeypatch):
     fake_hub.publish(REPO, converted.files)
+    patch_entry(monkeypatch, sha256=converted.sha256)
     assert fetched_sha256(NAME) == fetched_sha256(REPO) == converted.sha256
     fake_hub.requests.clear()
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -308,9 +320,10 @@ def test_offline_with_a_filled_cache_makes_no_request(fake_hub, converted, monke
 
 
 def test_offline_with_an_empty_cache_says_what_to_do(fake_hub, monkeypatch):
+    patch_entry(monkeypatch, sha256="ab" * 32)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(ImrsegError, match=f"offline .* run `imrseg weights download {NAME}` where there is "
-                                          "network, or pass a local file"):
+    with pytest.raises(NetworkError, match=f"offline .* run `imrseg weights download {NAME}` where there is "
+                                           "network, or pass a local file"):
         hub.resolve_weights(NAME)
     assert fake_hub.requests == []
 
@@ -325,7 +338,7 @@ def test_another_namespace_hosts_its_own_copies(fake_hub, converted, monkeypatch
 
 
 # ------------------------------------------------------------ wrong checkpoints
-def test_checkpoints_of_another_model_are_refused(fake_hub, converted, tmp_path):
+def test_checkpoints_of_another_model_are_refused(fake_hub, converted, tmp_path, monkeypatch):
     other = tmp_path / "other"
     other.mkdir()
     (other / hub.CONFIG_FILE).write_text(json.dumps({"model_type": "bert", "hidden_size": 768}))
@@ -344,7 +357,8 @@ def test_checkpoints_of_another_model_are_refused(fake_hub, converted, tmp_path)
     with pytest.raises(CheckpointError, match="not a checkpoint folder in the Hub layout \\(missing model.safetensors"):
         hub.resolve_weights(str(partial))
 
-    fake_hub.publish(REPO, altered(converted.files, fold=2))
+    monkeypatch.setenv(hub.NAMESPACE_ENV, "lab")  # one's own copies: no sha256 to check them against
+    fake_hub.publish(f"lab/{NAME}", altered(converted.files, fold=2))
     with pytest.raises(CheckpointError, match="holds resnet50 / pascal / fold 2, the registry says .* fold 0"):
         hub.resolve_weights(NAME)
 
@@ -444,7 +458,58 @@ def test_clip_specs_that_cannot_work_are_explained(tmp_path):
         hub.resolve_clip("RN5:openai")
     with pytest.raises(ImrsegError, match="no pretrained weights 'laion' for RN50-quickgelu .*openai, yfcc15m"):
         hub.resolve_clip("RN50-quickgelu:laion")
-    pickled = tmp_path / "model.pt"
-    torch.save({"weights": SimpleNamespace(a=1)}, pickled)
-    with pytest.raises(CheckpointError, match="does not load as open_clip RN50-quickgelu"):
-        hub.resolve_clip(str(pickled))
+
+
+def test_clip_files_of_any_kind_are_one_line_errors(tmp_path):
+    """A refused pickle is explained without PyTorch's advice to load it with
+    weights_only=False; every other file gives one line naming it once."""
+    torch.save({"weights": SimpleNamespace(a=1)}, tmp_path / "code.pt")
+    (tmp_path / "notes.txt").write_text("some text\n")
+    torch.save({}, tmp_path / "empty.pt")
+    (tmp_path / "bad.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json......}")
+    np.savez(tmp_path / "weights.npz", a=np.zeros(3))
+    expected = {"code.pt": "refused to load: the pickle holds objects other than tensors .*types.SimpleNamespace",
+                "notes.txt": "does not load as open_clip RN50-quickgelu", "empty.pt": "it holds no tensors",
+                "bad.safetensors": "does not load as open_clip", "weights.npz": "a numpy archive"}
+    for name, reason in expected.items():
+        spec = str(tmp_path / name)
+        with pytest.raises(CheckpointError, match=reason) as err:
+            hub.resolve_clip(spec)
+        message = str(err.value)
+        assert message.count(spec) == 1 and "\n" not in message and "weights_only" not in message, message
+
+
+# ------------------------------------------------------- unpublished, unreachable
+def test_unpublished_entries_are_known_without_the_network(fake_hub):
+    import time
+
+    started = time.perf_counter()
+    with pytest.raises(ImrsegError) as err:
+        hub.resolve_weights(None)
+    message = str(err.value)
+    for expected in (f"the default checkpoint {NAME}", "ResNet-50 PASCAL-5i fold 0", DRIVE,
+                     "--weights best_model.pt",
+                     f"`imrseg weights import best_model.pt --out {NAME} --benchmark pascal --fold 0`"):
+        assert expected in message
+    assert "weights download" not in message
+    with pytest.raises(ImrsegError, match=f"imr-hsnet-vgg16-coco-fold2: the authors' VGG-16 COCO-20i fold 2 "
+                                          f"checkpoint is not on the Hub yet; .*{DRIVE}"):
+        hub.fetch_weights(hub.locate_weights("imr-hsnet-vgg16-coco-fold2"))
+    assert fake_hub.requests == [] and time.perf_counter() - started < 5
+
+
+def test_an_unreachable_hub_is_asked_once(fake_hub, monkeypatch):
+    import time
+
+    fake_hub.failing = 503  # every answer a server error, which huggingface_hub retries for ~25 s
+    started = time.perf_counter()
+    with pytest.raises(NetworkError, match=f"someone/weights: cannot reach {fake_hub.url} \\(HTTP 503\\) and "
+                                           "config.json of someone/weights@main is not in the cache"):
+        hub.resolve_weights("someone/weights")
+    assert len(fake_hub.requests) == 1 and time.perf_counter() - started < 5
+
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens there
+    with pytest.raises(NetworkError, match="cannot reach http://127.0.0.1:9 .*run `imrseg weights download "
+                                           "someone/weights` where there is network"):
+        hub.resolve_weights("someone/weights")
+    assert time.perf_counter() - started < 10

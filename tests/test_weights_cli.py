@@ -13,7 +13,8 @@ from huggingface_hub import HfApi
 from imrseg import hub
 from imrseg.hub import publish
 from imrseg.cli import main
-from test_hub import DRIVE, NAME, REPO, converted, fake_hub, isolated_hf, same_weights, tiny_clip_repo  # noqa: F401
+from test_hub import (DRIVE, NAME, REPO, converted, fake_hub, isolated_hf, patch_entry, same_weights,  # noqa: F401
+                      tiny_clip_repo)
 
 TINY_CLIP = "someone/tiny-clip"
 
@@ -37,15 +38,30 @@ def test_list_shows_the_registry(cli, monkeypatch):
     assert [r["name"] for r in rows] == list(hub.load_registry().entries)
     assert rows[0] == {"name": NAME, "backbone": "resnet50", "benchmark": "pascal", "fold": 0, "steps": 2,
                        "paper_miou": 62.6, "repo_id": REPO, "revision": "main", "filename": "model.safetensors",
-                       "sha256": "", "source": DRIVE, "cached": False}
+                       "sha256": "", "source": DRIVE, "on_hub": False, "cached": False}
     monkeypatch.setenv("COLUMNS", "200")
     table = cli("weights", "list", "--hub-namespace", "lab").out
     assert all(name in table for name in hub.load_registry().entries)
-    assert "Hub repos lab/<name>" in table and "62.6" in table
+    assert "Hub repos lab/<name>" in table and "62.6" in table and "unpublished" not in table
 
 
-def test_download_fetches_weights_and_clip_then_list_marks_them(cli, fake_hub, converted):
+def test_list_marks_the_entries_not_on_the_hub(cli, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")
+    patch_entry(monkeypatch, sha256="ab" * 32)
+    rows = {r["name"]: r["on_hub"] for r in json.loads(cli("weights", "list", "--json").out)}
+    assert rows.pop(NAME) is True and not any(rows.values())
+    out = cli("weights", "list").out
+    lines = out.splitlines()
+    assert [line for line in lines if NAME in line and "unpublished" in line] == []
+    assert len([line for line in lines if "unpublished" in line and "imr-hsnet-" in line]) == 15
+    words = " ".join(out.split())  # the note below the table, however it is wrapped
+    assert f"not on the Hub yet; download the fold's best_model.pt from the authors' release ({DRIVE})" in words
+    assert "pass --weights best_model.pt" in words
+
+
+def test_download_fetches_weights_and_clip_then_list_marks_them(cli, fake_hub, converted, monkeypatch):
     fake_hub.publish(REPO, converted.files)
+    patch_entry(monkeypatch, sha256=converted.sha256)
     fake_hub.publish(TINY_CLIP, tiny_clip_repo())
     result = cli("weights", "download", NAME, "--clip-weights", TINY_CLIP)
     assert result.code == 0
@@ -56,8 +72,13 @@ def test_download_fetches_weights_and_clip_then_list_marks_them(cli, fake_hub, c
     assert [r["name"] for r in rows if r["cached"]] == [NAME]
 
 
-def test_download_all(cli, fake_hub):
+def test_download_all(cli, fake_hub, monkeypatch):
     fake_hub.publish(TINY_CLIP, tiny_clip_repo())
+    result = cli("weights", "download", "--all", "--clip-weights", TINY_CLIP)  # nothing is published yet
+    assert result.code == 0 and result.out.startswith(f"CLIP {TINY_CLIP}: ") and len(result.out.splitlines()) == 1
+    assert "imrseg: note: 16 of the 16 registry entries are not on the Hub yet" in result.err
+
+    patch_entry(monkeypatch, None, sha256=hashlib.sha256(b"w").hexdigest())
     for entry in hub.load_registry().entries.values():  # downloading does not load, so any bytes do
         config = publish.checkpoint_config(entry.backbone, entry.benchmark, entry.fold)
         fake_hub.publish(entry.repo_id, {hub.CONFIG_FILE: json.dumps(config).encode(), hub.WEIGHTS_FILE: b"w"})
@@ -106,15 +127,38 @@ def test_import_without_a_fold_and_info_as_a_table(cli, converted, tmp_path, mon
     assert "official" in table and "resnet50" in table and hashlib.sha256(converted.pt.read_bytes()).hexdigest() in table
 
 
-def test_errors_are_one_line(cli, fake_hub, monkeypatch):
+def test_errors_are_one_line(cli, fake_hub, monkeypatch, tmp_path):
     result = cli("weights", "info", "imr-hsnet-vgg16-coco-fold9")
     assert result.code == 2 and result.out == ""
     assert result.err.startswith("imrseg: error: imr-hsnet-vgg16-coco-fold9: not a registry name")
     assert "imr-hsnet-vgg16-coco-fold" in result.err and len(result.err.splitlines()) == 1
+    (tmp_path / "notes.txt").write_text("not weights\n")
+    result = cli("weights", "info", tmp_path / "notes.txt")
+    assert result.code == 2 and len(result.err.splitlines()) == 1
+    assert result.err.startswith(f"imrseg: error: {tmp_path / 'notes.txt'}: not a readable PyTorch checkpoint")
+    result = cli("weights", "download", NAME)  # not published: said at once, with the authors' file instead
+    assert result.code == 2 and len(result.err.splitlines()) == 1 and result.out == ""
+    assert all(words in result.err for words in (DRIVE, "--weights best_model.pt", "imrseg weights import"))
+    patch_entry(monkeypatch, sha256="ab" * 32)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     result = cli("weights", "info", NAME)
-    assert result.code == 2 and f"run `imrseg weights download {NAME}`" in result.err
+    assert result.code == 4 and f"run `imrseg weights download {NAME}`" in result.err
     assert fake_hub.requests == []
+
+
+def test_an_unreachable_hub_is_one_line_and_exit_4(tmp_path):
+    """As a user sees it: no retries, no warnings from the Hub client, one line."""
+    import os
+    import time
+
+    env = {**os.environ, "HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_CACHE": str(tmp_path)}
+    env.pop("HF_HUB_OFFLINE", None)
+    started = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "imrseg", "weights", "info", "someone/weights"],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 4 and proc.stdout == "" and time.perf_counter() - started < 20
+    assert proc.stderr.startswith("imrseg: error: someone/weights: cannot reach http://127.0.0.1:9 (")
+    assert len(proc.stderr.splitlines()) == 1, proc.stderr
 
 
 def test_push_publishes_the_folder_with_a_model_card(cli, converted, monkeypatch):

@@ -3,29 +3,33 @@ so `imrseg --help` and shell completion stay fast."""
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import threading
 import warnings
 
 import typer
 from typer.core import TyperGroup
 
-from ..errors import ImrsegError, Note
+from ..errors import ImrsegError, NetworkError, Note
 
 EXIT_INPUT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_INTERNAL = 3
+EXIT_NETWORK = 4
 EXIT_INTERRUPTED = 130
 
 
 class _Commands(TyperGroup):
-    """Every command's ImrsegError becomes one line on stderr and exit status 2."""
+    """Every command's ImrsegError becomes one line on stderr and exit status 2
+    (4 for a NetworkError: the arguments may be right and a later try work)."""
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except ImrsegError as exc:
             typer.echo(f"imrseg: error: {exc}", err=True)
-            raise typer.Exit(EXIT_USAGE) from None
+            raise typer.Exit(EXIT_NETWORK if isinstance(exc, NetworkError) else EXIT_USAGE) from None
 
 
 app = typer.Typer(
@@ -52,16 +56,39 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 _python_show_warning = warnings.showwarning
 
 
+def _interrupted(exc: BaseException) -> bool:
+    """Whether `exc` came from Ctrl-C: typer turns a KeyboardInterrupt into a silent exit
+    130, which keeps the KeyboardInterrupt in its chain of causes."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def _say_interrupted() -> None:
+    # Once: a further Ctrl-C while saying it would end the process with a traceback.
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    typer.echo("imrseg: interrupted", err=True)
+
+
 def main() -> None:
-    _register()
-    warnings.showwarning = _show_warning
-    # Damaged metadata in users' images is reported per file; Pillow's warnings add nothing.
-    warnings.filterwarnings("ignore", category=UserWarning, module="PIL")
     try:
+        _register()
+        warnings.showwarning = _show_warning
+        # Damaged metadata in users' images is reported per file; Pillow's warnings add nothing.
+        warnings.filterwarnings("ignore", category=UserWarning, module="PIL")
         app()
     except KeyboardInterrupt:
-        typer.echo("imrseg: interrupted", err=True)
+        _say_interrupted()
         sys.exit(EXIT_INTERRUPTED)
+    except SystemExit as exc:
+        if _interrupted(exc):
+            _say_interrupted()
+        raise
     except Exception as exc:
         if os.environ.get("IMRSEG_DEBUG"):
             raise

@@ -39,7 +39,8 @@ def _table(title: str, rows) -> None:
 
 @weights_app.command("list", epilog="Examples:\n\n  imrseg weights list\n\n  imrseg weights list --json")
 def list_weights(namespace: HubNamespaceOption = None, as_json: JsonOption = False) -> None:
-    """The registry of official checkpoints, marking those already in the cache."""
+    """The registry of official checkpoints, marking those already in the cache and
+    those not on the Hub yet (for which the authors' own file is used)."""
     from dataclasses import asdict
 
     from rich.table import Table
@@ -50,7 +51,7 @@ def list_weights(namespace: HubNamespaceOption = None, as_json: JsonOption = Fal
     for entry in load_registry().entries.values():
         repo_id, revision = entry.location(namespace)
         rows.append({**asdict(entry), "repo_id": repo_id, "revision": revision,
-                     "cached": is_cached(entry, namespace)})
+                     "on_hub": entry.on_hub(namespace), "cached": is_cached(entry, namespace)})
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
@@ -64,9 +65,15 @@ def list_weights(namespace: HubNamespaceOption = None, as_json: JsonOption = Fal
         table.add_column(column, no_wrap=column == "name", overflow="fold")
     for row in rows:
         miou = f"{row['paper_miou']:.1f}" if row["paper_miou"] is not None else "-"
-        cells = [row["name"], str(row["steps"]), miou, row["revision"], "yes" if row["cached"] else "-"]
+        revision = row["revision"] if row["on_hub"] else "unpublished"
+        cells = [row["name"], str(row["steps"]), miou, revision, "yes" if row["cached"] else "-"]
         table.add_row(*cells, *([] if uniform else [row["repo_id"]]))
     _console().print(table)
+    sources = sorted({row["source"] for row in rows if not row["on_hub"]})
+    if sources:
+        _console().print(f"unpublished: not on the Hub yet; download the fold's best_model.pt from the authors' "
+                         f"release ({', '.join(sources)}) and pass --weights best_model.pt, or convert it once "
+                         "with `imrseg weights import`")
 
 
 @weights_app.command("download", epilog="Examples:\n\n  imrseg weights download imr-hsnet-resnet50-pascal-fold0\n\n  imrseg weights download --all\n\n  HF_HOME=/data/hf imrseg weights download imr-hsnet-vgg16-coco-fold2")
@@ -80,12 +87,21 @@ def download(
     namespace: HubNamespaceOption = None,
 ) -> None:
     """Fetch checkpoints, and always the CLIP weights, into the Hugging Face cache (for offline use)."""
-    from ..errors import InputError
+    import warnings
+
+    from ..errors import InputError, Note
     from ..hub import fetch_clip, fetch_weights, load_registry, locate_clip, locate_weights
 
     if all_entries and names:
         raise InputError("pass checkpoint names or --all, not both")
-    for spec in list(load_registry().entries) if all_entries else names or []:
+    specs = names or []
+    if all_entries:
+        entries = load_registry().entries.values()
+        specs = [e.name for e in entries if e.on_hub(namespace)]
+        if len(specs) < len(entries):
+            warnings.warn(Note(f"{len(entries) - len(specs)} of the {len(entries)} registry entries are not on the "
+                               "Hub yet, so not downloaded (see `imrseg weights list`)"))
+    for spec in specs:
         files = fetch_weights(locate_weights(spec, namespace))
         typer.echo(f"{spec}: {files.weights} (sha256 {files.sha256})")
     clip = locate_clip(clip_weights)

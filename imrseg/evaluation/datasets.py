@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from ..errors import InputError
+from ..errors import InputError, one_line
 
 BOUNDARY = 255
 
@@ -87,8 +87,11 @@ class _opened:
             raise InputError(f"{self.path}: no such file (listed in the split file)") from None
         except UnidentifiedImageError:
             raise InputError(f"{self.path}: not an image") from None
+        except Image.DecompressionBombError as exc:
+            # Benchmark images are under a megapixel; this many pixels is a damaged or hostile file.
+            raise InputError(f"{self.path}: refused: {one_line(exc)}") from None
         except (OSError, SyntaxError, ValueError) as exc:
-            raise InputError(f"{self.path}: unreadable image ({exc})") from None
+            raise InputError(f"{self.path}: unreadable image ({one_line(exc)})") from None
         return self.img
 
     def __exit__(self, *exc_info) -> None:

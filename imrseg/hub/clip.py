@@ -55,7 +55,7 @@ def locate_clip(spec: str | None = None) -> ClipSource:
 
     spec = spec or DEFAULT_CLIP
     if Path(spec).expanduser().is_file():
-        return ClipSource(spec, "file", DEFAULT_CLIP_MODEL, path=Path(spec).expanduser())
+        return _file_source(spec, DEFAULT_CLIP_MODEL, Path(spec).expanduser())
     model, colon, tag = spec.partition(":")
     if colon:
         if model not in open_clip.list_models():
@@ -63,7 +63,7 @@ def locate_clip(spec: str | None = None) -> ClipSource:
             raise ImrsegError(f"{spec}: unknown open_clip model {model!r}"
                               + (f"; closest: {', '.join(closest)}" if closest else ""))
         if Path(tag).expanduser().is_file():
-            return ClipSource(spec, "file", model, path=Path(tag).expanduser())
+            return _file_source(spec, model, Path(tag).expanduser())
         cfg = open_clip.get_pretrained_cfg(model, tag)
         if not cfg:
             tags = ", ".join(open_clip.list_pretrained_tags_by_model(model)) or "none"
@@ -80,6 +80,15 @@ def locate_clip(spec: str | None = None) -> ClipSource:
     if is_repo_id(repo_id):
         return ClipSource(spec, "hub", repo_id=repo_id, revision=revision or None)
     raise ImrsegError(f"{spec}: not a file, open_clip MODEL:PRETRAINED tag or Hub repo id (owner/name[@revision])")
+
+
+def _file_source(spec: str, model: str, path: Path) -> ClipSource:
+    # open_clip reads .npz/.npy as big_vision SigLIP weights, which fail on any other model
+    # with an AttributeError that says nothing about the file.
+    if path.suffix.lower() in (".npz", ".npy"):
+        raise CheckpointError(f"{spec}: a numpy archive; CLIP weights are read from a PyTorch state dict "
+                              "(.pt) or a safetensors file")
+    return ClipSource(spec, "file", model, path=path)
 
 
 def _safetensors_name(filename: str) -> str:
@@ -123,9 +132,8 @@ def resolve_clip(spec: str | None = None, device="cpu"):
             model = open_clip.create_model(source.model_name, pretrained=str(weights),
                                            force_quick_gelu=source.quick_gelu)
             tokenizer, model_name = open_clip.get_tokenizer(source.model_name), source.model_name
-    except (RuntimeError, ValueError, KeyError, OSError, pickle.UnpicklingError) as exc:
-        raise CheckpointError(f"{source.spec}: {weights} does not load as open_clip "
-                              f"{source.model_name or source.repo_id} ({one_line(exc)})") from None
+    except Exception as exc:  # a file of any kind: open_clip, torch and safetensors raise many types
+        raise _load_error(source, weights, exc) from None
     if model_name == DEFAULT_CLIP_MODEL:
         from ..cam import openai_fp16_round_trip
 
@@ -134,6 +142,20 @@ def resolve_clip(spec: str | None = None, device="cpu"):
                     repo_id=source.repo_id, revision=source.revision,
                     commit=snapshot_commit(weights) if source.repo_id else None)
     return model.to(device).eval(), tokenizer, info
+
+
+def _load_error(source: ClipSource, weights: Path, exc: Exception) -> CheckpointError:
+    """One line naming the file once; a refused pickle is explained without PyTorch's
+    advice to load it unsafely."""
+    from ..models.checkpoint import load_error
+
+    origin = source.spec if source.kind == "file" else f"{source.spec}: {weights}"
+    if isinstance(exc, pickle.UnpicklingError):
+        return load_error(origin, weights, exc)
+    # open_clip reads the first key of the state dict: an empty one stops its iteration.
+    reason = "it holds no tensors" if isinstance(exc, StopIteration) else f"{type(exc).__name__}: {one_line(exc)}"
+    return CheckpointError(f"{origin}: does not load as open_clip {source.model_name or source.repo_id} "
+                           f"weights, a state dict or safetensors file of that model ({reason})")
 
 
 def _link(target: Path, link: Path) -> None:

@@ -6,10 +6,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..errors import ImrsegError, one_line
+from ..errors import ImrsegError, NetworkError, one_line
 from ..evaluation.classes import (BENCHMARK_CLASSES, BENCHMARK_TITLES, NUM_FOLDS, PAPER_TABLES, fold_class_names,
                                   paper_steps)
-from .download import hf_endpoint
+from .download import hf_endpoint, is_busy
 from .registry import load_registry
 from .weights import CONFIG_FILE, WEIGHTS_FILE, WeightsInfo, build_model, resolve_weights
 
@@ -39,6 +39,12 @@ def import_official(checkpoint: str | os.PathLike, out: str | os.PathLike, bench
     if out.exists() and not out.is_dir():
         raise ImrsegError(f"{out}: exists and is not a folder")
     model.save_pretrained(out)
+    # safetensors creates its file readable by the owner alone; like any file the user
+    # makes, the converted weights get the permissions the umask allows.
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in (CONFIG_FILE, WEIGHTS_FILE):
+        os.chmod(out / name, 0o666 & ~umask)
     _, info = resolve_weights(str(out))
     # save_pretrained wrote the mixin's generic card; ours says where the weights come from.
     (out / "README.md").write_text(model_card(info), encoding="utf-8")
@@ -94,16 +100,28 @@ def push_folder(folder: str | os.PathLike, repo_id: str, private: bool = False) 
     if not folder.is_dir():
         raise ImrsegError(f"{folder}: not a folder; convert an authors' best_model.pt with `imrseg weights import`")
     _, info = resolve_weights(str(folder))  # refuse to publish anything that does not load
+    from ..training.card import CARD_MARK
+
+    # A run's best/ (`imrseg train`) carries its own card: what was trained and its validation figures.
+    own = folder / "README.md"
+    trained = own.is_file() and CARD_MARK in own.read_text(encoding="utf-8", errors="replace")
+    card = own.read_text(encoding="utf-8") if trained else model_card(info, repo_id)
+    what = "trained with imrseg train" if trained else "the authors' best_model.pt as safetensors"
     operations = [CommitOperationAdd(CONFIG_FILE, str(folder / CONFIG_FILE)),
                   CommitOperationAdd(WEIGHTS_FILE, str(folder / WEIGHTS_FILE)),
-                  CommitOperationAdd("README.md", model_card(info, repo_id).encode("utf-8"))]
+                  CommitOperationAdd("README.md", card.encode("utf-8"))]
     api = HfApi(endpoint=hf_endpoint())
     try:
         api.create_repo(repo_id, private=private, exist_ok=True)
         commit = api.create_commit(repo_id, operations=operations, commit_message=(
             f"IMR-HSNet ({info.backbone}, {BENCHMARK_TITLES.get(info.benchmark, 'unknown benchmark')}, fold "
-            f"{info.fold}): the authors' best_model.pt as safetensors"))
-    except (HfHubHTTPError, OSError, ValueError) as exc:
+            f"{info.fold}): {what}"))
+    except (HfHubHTTPError, ValueError) as exc:  # no token at all gives a ValueError
+        if is_busy(exc):
+            raise NetworkError(f"{repo_id}: publishing {folder} failed ({one_line(exc)}); try again later") from None
         raise ImrsegError(f"{repo_id}: publishing {folder} failed ({one_line(exc)}); a write token is "
                           "needed: `hf auth login` or HF_TOKEN") from None
+    except Exception as exc:  # no connection: the HTTP client's errors are many types
+        raise NetworkError(f"{repo_id}: publishing {folder} failed: cannot reach {hf_endpoint()} "
+                           f"({one_line(exc)})") from None
     return commit.commit_url, commit.oid, info.sha256

@@ -70,8 +70,9 @@ class WeightsInfo:
 
 def locate_weights(spec: str | None = None, namespace: str | None = None) -> WeightsSource:
     """Read a spec: an existing folder (Hub layout) or file (authors' best_model.pt),
-    a registry name, or a Hub repo id with an optional @revision."""
-    spec = spec or DEFAULT_WEIGHTS
+    a registry name, or a Hub repo id with an optional @revision. A registry entry with
+    no published copy is refused here, with where the authors' file is."""
+    default, spec = not spec, spec or DEFAULT_WEIGHTS
     path = Path(spec).expanduser()
     if path.is_dir():
         return WeightsSource(spec, "folder", path=path)
@@ -80,6 +81,8 @@ def locate_weights(spec: str | None = None, namespace: str | None = None) -> Wei
     registry = load_registry()
     if spec in registry.entries:
         entry = registry.entries[spec]
+        if not entry.on_hub(namespace):  # known here: no request would find it
+            raise ImrsegError(entry.not_on_hub(default))
         repo_id, revision = entry.location(namespace)
         return WeightsSource(spec, "registry", entry=entry, repo_id=repo_id, revision=revision)
     repo_id, _, revision = spec.partition("@")

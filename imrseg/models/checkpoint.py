@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import pickle
 import re
-import zipfile
+import warnings
 from collections.abc import Mapping
 
 import torch
@@ -22,16 +22,42 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if not os.path.isfile(path):
         raise CheckpointError(f"{path}: no such file")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        found = re.search(r"GLOBAL (\S+)", str(exc))
-        detail = f"it references {found.group(1)}" if found else "it uses pickle features a weights-only load refuses"
-        raise CheckpointError(f"{path}: refused to load: the pickle holds objects other than tensors "
-                              f"({detail}); only plain state dicts are accepted") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (truncated or corrupt: "
-                              f"{str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__})") from None
+        with warnings.catch_warnings():  # e.g. on the pickle protocol; a failure is explained below
+            warnings.simplefilter("ignore", UserWarning)
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # any file may be given: torch.load and safetensors raise many types
+        raise load_error(path, path, exc) from None
     return _as_state_dict(obj, path)
+
+
+def load_error(origin: str, path: str | os.PathLike, exc: Exception) -> CheckpointError:
+    """Why the weight file `path` (given as `origin`) did not load, in one line. PyTorch's
+    own message for a refused pickle advises loading with weights_only=False, i.e. running
+    the file's code: it is never relayed."""
+    if isinstance(exc, pickle.UnpicklingError):
+        if _looks_pickled(path):
+            found = re.search(r"GLOBAL (\S+)", str(exc))
+            detail = (f"it references {found.group(1)}" if found
+                      else "it uses pickle features a weights-only load refuses")
+            return CheckpointError(f"{origin}: refused to load: the pickle holds objects other than tensors "
+                                   f"({detail}); only plain state dicts are accepted")
+        detail = "neither a torch.save zip nor a pickle"
+    else:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        detail = f"{type(exc).__name__}{': ' + first if first else ''}"
+    return CheckpointError(f"{origin}: not a readable PyTorch checkpoint (truncated, corrupt or another kind of "
+                           f"file: {detail})")
+
+
+def _looks_pickled(path: str | os.PathLike) -> bool:
+    """A zip (torch.save) or a pickle of protocol 2 or later: an UnpicklingError then means
+    refused content, while for any other file (text, say) it only means unreadable."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(4)
+    except OSError:
+        return False
+    return head.startswith((b"PK\x03\x04", b"\x80"))
 
 
 def _as_state_dict(obj, origin: str) -> dict[str, torch.Tensor]:
