@@ -1,13 +1,22 @@
-"""The per-episode baseline: IMR-HSNet computed the way the authors' pipeline does,
-on imrseg's modules and weights.
+"""An emulation of the authors' per-episode computation on imrseg's modules and weights:
+the baseline `bench_segment.py` measures the folder path against, and the second
+computation its logits and masks are checked with.
 
-Every episode starts from scratch: CLIP-CAMs of the query and the support (the
-prompts encoded on every call and a full backward pass, parameter gradients
-included, as their pytorch-grad-cam copy does), both backbones, and for every step
-both branches, with the features masked in place, the full cosine correlation
-recomputed, and HSNet's channel-major 4D convolution (index_select pruning,
-permute + contiguous around each 2D convolution). It exists to be measured
-against, and to show that imrseg's path gives the same logits."""
+It does the work the authors' code does, and no more:
+
+- `cam`: one image's CLIP Grad-CAM as their pytorch-grad-cam copy computes it for
+  their CAM pass (one map per image and class, stored, then read by every episode
+  that uses the image): the prompts encoded again on every call and a full backward
+  pass through CLIP, parameter gradients included, since nothing there turns
+  gradients off.
+- `forward`: their test-time network forward (under no-grad, with the original-size
+  option, so the logits stay at 100x100): both backbones, and at every step, the last
+  included, both branches, with the features masked in place, the full cosine
+  correlation recomputed, HSNet's channel-major 4D convolution (index_select
+  pruning, permute + contiguous around each 2D convolution) and each IMR gate's 1x1
+  convolution over the whole [mask, encoded, mid feature, state] concatenation.
+- `predict_mask_nshot`: their K-shot vote at the query's own size.
+"""
 from __future__ import annotations
 
 import torch
@@ -16,7 +25,7 @@ import torch.nn.functional as F
 from imrseg.cam import postprocess_cam
 from imrseg.models.backbone import extract_taps, stage_slices
 from imrseg.models.conv4d import CenterPivotConv4d
-from imrseg.models.imr import STATE_SIZE
+from imrseg.models.imr import LOGIT_SIZE, STATE_SIZE
 from imrseg.models.learner import HPNLearner
 
 EPS = 1e-5
@@ -85,7 +94,7 @@ def _block(block, x):
         elif isinstance(module, torch.nn.GroupNorm):
             x = F.group_norm(x, module.num_groups, module.weight, module.bias, module.eps)
         else:
-            x = torch.relu(x)
+            x = torch.relu_(x)  # in place, as their ReLU(inplace=True)
     return x
 
 
@@ -106,6 +115,23 @@ def _hpn(learner: HPNLearner, pyramid):
     return mix432.view(b, c, ha, wa, -1).mean(dim=-1)
 
 
+def _gate(net, name: str, x):
+    """A gate's 1x1 convolution, then its two 8-group 3x3 convolutions, one per half."""
+    y = getattr(net, f"conv{name}0")(x)
+    return torch.cat([getattr(net, f"conv{name}1")(y[:, :256]), getattr(net, f"conv{name}2")(y[:, 256:])], dim=1)
+
+
+def _imr_step(net, encoded, mid, mask, state):
+    """One IMR update, decode and residual head on the previous mask: (logits, state)."""
+    z = torch.sigmoid(_gate(net, "z", torch.cat([mask, encoded, mid, state], dim=1)))
+    r = torch.sigmoid(_gate(net, "r", torch.cat([mask, encoded, mid, state], dim=1)))
+    h = _gate(net, "h", torch.cat([mask, encoded, mid, r * state], dim=1))
+    state = (1 - z) * state + z * torch.tanh(h)
+    decoded = F.interpolate(net.decoder1(state + encoded), LOGIT_SIZE, mode="bilinear", align_corners=True)
+    prior = F.interpolate(mask, LOGIT_SIZE, mode="bilinear", align_corners=True)
+    return net.res(torch.cat([net.decoder2(decoded), prior], dim=1)), state
+
+
 def _mask(taps, mask):
     for i, t in enumerate(taps):
         taps[i] = t * F.interpolate(mask.unsqueeze(1), t.shape[-2:], mode="bilinear", align_corners=True)
@@ -119,18 +145,18 @@ def forward(net, query_img, support_img, query_cam, support_cam, steps):
 
     def mid(taps):
         m = F.interpolate(sum(taps[slices[1]]), STATE_SIZE, mode="bilinear", align_corners=True)
-        return net.mid_gates(net.conv1024_512(m) if hasattr(net, "conv1024_512") else m)
+        return net.conv1024_512(m) if hasattr(net, "conv1024_512") else m
 
     q_mid, s_mid = mid(q_taps), mid(s_taps)
     _mask(q_taps, support_cam)
     _mask(s_taps, query_cam)
     q_prior, s_prior = query_cam.unsqueeze(1), support_cam.unsqueeze(1)
-    q_state = s_state = net.initial_state(query_img.shape[0])
+    q_state = s_state = net.state.expand(query_img.shape[0], -1, -1, -1)
     for step in range(steps):
-        q_logit, q_state = net.refine_step(_hpn(net.hpn_learner, _correlation(q_taps, s_taps, slices)),
-                                           q_mid, q_prior, q_state)
-        s_logit, s_state = net.refine_step(_hpn(net.hpn_learner, _correlation(s_taps, q_taps, slices)),
-                                           s_mid, s_prior, s_state)
+        q_logit, q_state = _imr_step(net, _hpn(net.hpn_learner, _correlation(q_taps, s_taps, slices)),
+                                     q_mid, q_prior, q_state)
+        s_logit, s_state = _imr_step(net, _hpn(net.hpn_learner, _correlation(s_taps, q_taps, slices)),
+                                     s_mid, s_prior, s_state)
         if step < steps - 1:
             q_prob, s_prob = q_logit.softmax(1)[:, 1], s_logit.softmax(1)[:, 1]
             _mask(q_taps, q_prob)
@@ -138,3 +164,12 @@ def forward(net, query_img, support_img, query_cam, support_cam, steps):
             q_prior = F.interpolate(q_prob.unsqueeze(1), STATE_SIZE, mode="bilinear", align_corners=True)
             s_prior = F.interpolate(s_prob.unsqueeze(1), STATE_SIZE, mode="bilinear", align_corners=True)
     return q_logit
+
+
+def predict_mask_nshot(logits, size) -> torch.Tensor:
+    """(K,2,100,100) logits of one query against K supports -> its (H, W) bool mask:
+    each support's logits upsampled bilinearly to `size`, the arg-max masks summed,
+    divided by the largest vote (at least 1) and thresholded at 0.5."""
+    total = sum(F.interpolate(shot[None], size, mode="bilinear", align_corners=True).argmax(dim=1)[0]
+                for shot in logits.float())
+    return total.float() / total.max().clamp(min=1) >= 0.5

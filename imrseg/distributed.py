@@ -45,7 +45,8 @@ def start(shard: Shard, device):
         device = torch.device("cuda", shard.local_rank % torch.cuda.device_count())
         torch.cuda.set_device(device)
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        # NCCL for the GPUs' tensors, gloo for the CPU tensors of merged counts and flags.
+        dist.init_process_group("cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo")
     return device
 
 

@@ -76,6 +76,7 @@ def plan_outputs(
     images: Iterable[tuple[os.PathLike | str, os.PathLike | str]],
     out_dir: os.PathLike | str,
     protect: Iterable[os.PathLike | str] = (),
+    tags: Sequence[str] = ("",),
 ) -> dict[Path, Path]:
     """Give every (image, root) from find_images its own output stem under out_dir.
 
@@ -84,6 +85,8 @@ def plan_outputs(
     or overwrite an input image (out_dir inside the input folder) or a file in `protect`
     (the other inputs: supports, support masks), the later image gets `<name>_<ext>`,
     then `<name>_<ext>_2`, `_3`, ... Deterministic for the same inputs, compared caselessly.
+    `tags` go before the CAM, probability and step suffixes: one per class of a
+    multi-class run (`labels.file_tags`), so `a_dog_prob.png` is claimed too.
     """
     files: set[str] = set()  # keys of files that must not be written over
     step_bases: set[str] = set()  # stems X whose X_step<t>.png names are taken
@@ -94,18 +97,22 @@ def plan_outputs(
         if step:
             step_bases.add(step[1])
 
+    def own_files(key: str) -> list[str]:
+        return [key + MASK_SUFFIX, key + OVERLAY_SUFFIX,
+                *(key + tag + suffix for tag in tags for suffix in (CAM_SUFFIX, PROB_SUFFIX))]
+
     def is_free(key: str) -> bool:
         step = _STEP_FILE.fullmatch(key + MASK_SUFFIX)
         return (
-            key not in step_bases
+            not any(key + tag in step_bases for tag in tags)
             and not (step and step[1] in step_bases)
-            and not any(key + suffix in files for suffix in OUTPUT_SUFFIXES)
+            and not any(name in files for name in own_files(key))
         )
 
     def claim_stem(key: str) -> None:
-        for suffix in OUTPUT_SUFFIXES:
-            claim_file(key + suffix)
-        step_bases.add(key)
+        for name in own_files(key):
+            claim_file(name)
+        step_bases.update(key + tag for tag in tags)
 
     for path in protect:
         claim_file(_key(Path(path)))

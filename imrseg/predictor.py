@@ -1,15 +1,20 @@
-"""`Predictor`: set the supports once, then segment any number of queries.
+"""`Predictor`: set the supports once, then segment any number of queries, for one
+class or several at a time.
 
-Everything about the supports (backbone features, CAMs) and the label's text
-embeddings is computed once in `set_support`; `predict_batch` then encodes each
-query once and reuses its features for every support and every refinement step.
-`Predictor.from_pretrained` goes from weight specs to a ready predictor in one line.
+Everything about the supports (backbone features, CAMs) and the labels' text
+embeddings is computed once in `set_supports`; `predict_classes` then encodes each
+query once, and runs CLIP's image forward once, for every class, support and
+refinement step: only the refinement itself is per class. In each class's CLIP-CAM
+the other classes asked for are among its competitors, so two classes do not
+light up the same object. `Predictor.from_pretrained` goes from weight specs to a
+ready predictor in one line.
 """
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 import torch
@@ -17,27 +22,68 @@ from PIL import Image
 
 from .devices import autocast, check_precision, resolve_device
 from .errors import InputError
-from .models import IMRHSNet, ImageFeatures
+from .labels import check_class_count, check_distinct_labels, class_vocabulary, index_mask
+from .models import IMRHSNet
+from .scores import query_score
 from .transforms import CAM_SIZE, mask_to_cam, network_input
-from .vocabulary import DEFAULT_TEMPLATE, background_vocabulary
+from .vocabulary import DEFAULT_TEMPLATE
 
 
 @dataclass
 class Prediction:
-    """One query's result, at the query's own size (H, W)."""
+    """One query's result for one class, at the query's own size (H, W)."""
 
     mask: np.ndarray  # (H, W) bool
     prob: np.ndarray  # (H, W) float32 foreground probability (mean over the supports)
     cam: np.ndarray  # (50, 50) float32 CLIP-CAM of the query
     step_masks: list = field(default_factory=list)  # (H, W) bool after each step
+    score: float = 0.0  # confidence in the mask: see imrseg.scores
 
     @property
     def foreground_fraction(self) -> float:
         return float(self.mask.mean()) if self.mask.size else 0.0
 
 
+@dataclass
+class ClassPredictions:
+    """One query's results for every class, in the classes' order."""
+
+    by_label: dict[str, Prediction]
+
+    def __getitem__(self, label: str) -> Prediction:
+        return self.by_label[label]
+
+    @property
+    def labels(self) -> list[str]:
+        return list(self.by_label)
+
+    @cached_property
+    def index_mask(self) -> np.ndarray:
+        """(H, W) uint8: 0 background, i the i-th class (see `imrseg.labels`)."""
+        preds = list(self.by_label.values())
+        return index_mask([p.mask for p in preds], [p.prob for p in preds])
+
+    @cached_property
+    def fractions(self) -> dict[str, float]:
+        """Each class's share of the pixels in the indexed mask (where masks overlap,
+        the pixel counts for the class it went to)."""
+        counts = np.bincount(self.index_mask.ravel(), minlength=len(self.by_label) + 1)
+        total = max(int(self.index_mask.size), 1)
+        return {label: float(counts[i]) / total for i, label in enumerate(self.by_label, start=1)}
+
+    @property
+    def foreground_fraction(self) -> float:
+        """The share of pixels some class has."""
+        return sum(self.fractions.values())
+
+    @property
+    def score(self) -> float:
+        """The query's score: its least confident class present (imrseg.scores)."""
+        return query_score((self.fractions[label], p.score) for label, p in self.by_label.items())
+
+
 class Predictor:
-    """Segments queries against a cached support set.
+    """Segments queries against cached support sets, one per class.
 
     `cam` is a `ClipCAM` (needed unless every image comes with a drawn mask);
     `device` is where the network and CAM run; `steps` defaults to the model's;
@@ -54,10 +100,9 @@ class Predictor:
         self.cam = cam
         self.steps = steps or model.steps
         self.extra_vocabulary = list(vocabulary) if vocabulary else None
-        self.label: str | None = None
         self.weights_info = self.clip_info = None  # where the weights came from, when built from specs
-        self._support: ImageFeatures | None = None
-        self._support_cams: torch.Tensor | None = None
+        # label -> K (support features, CAM) pairs of batch 1, or None: the query is its own support.
+        self._shots: dict[str, list | None] = {}
 
     @classmethod
     def from_pretrained(cls, weights: str | None = None, clip: str | None = None, device: str = "auto",
@@ -81,40 +126,100 @@ class Predictor:
         predictor.weights_info, predictor.clip_info = weights_info, clip_info
         return predictor
 
-    # ----------------------------------------------------------------- support
+    # ----------------------------------------------------------------- classes
     @property
-    def vocabulary(self) -> list[str]:
+    def labels(self) -> list[str]:
+        return list(self._shots)
+
+    def shots(self, label: str) -> list | None:
+        """A class's cached (support features, CAM) pairs, one per support, each of
+        batch 1; None for a zero-shot class (each query is its own support)."""
+        return self._shots[label]
+
+    def vocabulary(self, label: str) -> list[str]:
         """The label first, then the competitors its CAM is computed against."""
-        if self.label is None:
-            raise InputError("no support set: call set_support first")
-        return background_vocabulary(self.label, self.extra_vocabulary)
+        return class_vocabulary(label, self.labels, self.extra_vocabulary)
+
+    def set_supports(self, classes: Mapping[str, tuple[Sequence[Image.Image], Sequence[np.ndarray] | None]]) -> None:
+        """Cache each class's supports: `{label: (images, masks)}`, in the order the
+        classes are numbered in the indexed mask. `masks`, when not None, are drawn
+        0/1 masks (one per image, same size) that replace the supports' CAMs."""
+        for label, (images, masks) in classes.items():
+            if not images:
+                raise InputError(f"no support images for {label!r}: pass at least one support")
+            if masks is not None and len(masks) != len(images):
+                raise InputError(f"{label!r}: {len(images)} support images but {len(masks)} support masks")
+        self._declare(list(classes))
+        for label, (images, masks) in classes.items():
+            if masks is not None:
+                cams = torch.stack([mask_to_cam(m) for m in masks])
+            else:
+                cams = self._cams(images, [label])[0]
+            with self._network():
+                features = self.model.encode(self._inputs(images))
+            cams = cams.to(self.device)
+            self._shots[label] = [(features.index(slice(k, k + 1)), cams[k:k + 1]) for k in range(len(images))]
 
     def set_support(self, images: Sequence[Image.Image], label: str,
                     masks: Sequence[np.ndarray] | None = None) -> None:
-        """Cache the supports' features and coarse masks. `masks`, when given, are
-        drawn 0/1 masks (one per image, same size) that replace the CAM."""
-        if not images:
-            raise InputError("no support images: pass at least one --support")
-        if masks is not None and len(masks) != len(images):
-            raise InputError(f"{len(images)} support images but {len(masks)} support masks")
-        self.label = label
-        if masks is not None:
-            cams = torch.stack([mask_to_cam(m) for m in masks])
-        else:
-            cams = self.query_cams(images)
+        """One class: `set_supports({label: (images, masks)})`."""
+        self.set_supports({label: (images, masks)})
+
+    def set_zero_shot(self, labels: Sequence[str]) -> None:
+        """Classes with no supports: each query is its own (the paper's zero-shot mode)."""
+        self._declare(list(labels))
+
+    def _declare(self, labels: list[str]) -> None:
+        if not labels:
+            raise InputError("no classes: give at least one label")
+        check_class_count(len(labels))
+        check_distinct_labels(labels)
+        if self.cam is not None:
+            for label in labels:
+                self.cam.check_label(label)
+        self._shots = dict.fromkeys(labels)
+
+    # ----------------------------------------------------------------- queries
+    def predict(self, image: Image.Image, steps: int | None = None, size=None) -> Prediction:
+        return self.predict_batch([image], steps, [size] if size else None)[0]
+
+    def predict_batch(self, images: Sequence[Image.Image], steps: int | None = None,
+                      sizes: Sequence[tuple] | None = None) -> list[Prediction]:
+        """One class: segment a batch of queries. `sizes` are the (W, H) to return each
+        mask at (default: each image's size, e.g. the full size when `images` were reduced)."""
+        if len(self._shots) > 1:
+            raise InputError(f"predict_batch is for one class and there are {len(self._shots)}: "
+                             "use predict_classes")
+        return [result.by_label[self.labels[0]] for result in self.predict_classes(images, steps, sizes)]
+
+    def predict_classes(self, images: Sequence[Image.Image], steps: int | None = None,
+                        sizes: Sequence[tuple] | None = None) -> list[ClassPredictions]:
+        """Segment a batch of queries for every class; `sizes` as in `predict_batch`."""
+        if not self._shots:
+            raise InputError("no classes: call set_supports (or set_zero_shot) first")
+        labels = self.labels
+        cams = self._cams(images, labels)
+        out_sizes = [(h, w) for w, h in (sizes or [im.size for im in images])]
         with self._network():
-            self._support = self.model.encode(self._inputs(images))
-        self._support_cams = cams.to(self.device)
+            query = self.model.encode(self._inputs(images))
+            per_class = [self.model.segment(query, cams[v], self.shots(label), steps or self.steps, out_sizes,
+                                            every_step=True) for v, label in enumerate(labels)]
+        return [ClassPredictions({label: _prediction(per_class[v][b], cams[v][b]) for v, label in enumerate(labels)})
+                for b in range(len(images))]
 
-    @property
-    def num_supports(self) -> int:
-        return 0 if self._support is None else self._support.batch_size
+    def predict_zero_shot(self, images: Sequence[Image.Image], label: str, steps: int | None = None,
+                          sizes: Sequence[tuple] | None = None) -> list[Prediction]:
+        """The paper's zero-shot mode for one class: each query is its own support."""
+        self.set_zero_shot([label])
+        return self.predict_batch(images, steps, sizes)
 
-    def query_cams(self, images: Sequence[Image.Image]) -> torch.Tensor:
+    # ------------------------------------------------------------------ shared
+    def _cams(self, images: Sequence[Image.Image], labels: Sequence[str]) -> torch.Tensor:
+        """(V, N, 50, 50) coarse masks of the images for each label, one CLIP forward."""
         if self.cam is None:
             raise InputError("no CLIP model to compute coarse masks: give the Predictor a ClipCAM")
-        self.cam.check_label(self.label)
-        return self.cam(list(images), self.vocabulary, [0] * len(images), size=CAM_SIZE).to(self.device)
+        vocabularies = [self.vocabulary(label) for label in labels]
+        return self.cam.cams_for_labels(list(images), vocabularies, size=CAM_SIZE).to(self.device)
 
     def _network(self):
         stack = contextlib.ExitStack()
@@ -125,31 +230,7 @@ class Predictor:
     def _inputs(self, images: Sequence[Image.Image]) -> torch.Tensor:
         return torch.stack([network_input(im) for im in images]).to(self.device)
 
-    # ----------------------------------------------------------------- queries
-    def predict(self, image: Image.Image, steps: int | None = None, size=None) -> Prediction:
-        return self.predict_batch([image], steps, [size] if size else None)[0]
 
-    def predict_batch(self, images: Sequence[Image.Image], steps: int | None = None,
-                      sizes: Sequence[tuple] | None = None) -> list[Prediction]:
-        """Segment a batch of queries. `sizes` are the (W, H) to return each mask at
-        (default: each image's size, e.g. the full size when `images` were reduced)."""
-        if self._support is None:
-            raise InputError("no support set: call set_support first")
-        shots = [(self._support.index(slice(k, k + 1)), self._support_cams[k:k + 1])
-                 for k in range(self.num_supports)]
-        return self._segment(images, shots, steps, sizes)
-
-    def predict_zero_shot(self, images: Sequence[Image.Image], label: str, steps: int | None = None,
-                          sizes: Sequence[tuple] | None = None) -> list[Prediction]:
-        """The paper's zero-shot mode: each query is its own support."""
-        self.label = label
-        return self._segment(images, None, steps, sizes)
-
-    def _segment(self, images, shots, steps, sizes) -> list[Prediction]:
-        cams = self.query_cams(images)
-        out_sizes = [(h, w) for w, h in (sizes or [im.size for im in images])]
-        with self._network():
-            query = self.model.encode(self._inputs(images))
-            results = self.model.segment(query, cams, shots, steps or self.steps, out_sizes, every_step=True)
-        return [Prediction(r.mask.cpu().numpy(), r.prob.float().cpu().numpy(), cams[b].float().cpu().numpy(),
-                           [m.cpu().numpy() for m in r.step_masks]) for b, r in enumerate(results)]
+def _prediction(result, cam: torch.Tensor) -> Prediction:
+    return Prediction(result.mask.cpu().numpy(), result.prob.float().cpu().numpy(), cam.float().cpu().numpy(),
+                      [m.cpu().numpy() for m in result.step_masks], result.score)

@@ -23,9 +23,9 @@ class SpyCAM(ClipCAM):
         super().__init__(model)
         self.seen = 0
 
-    def __call__(self, images, *args, **kwargs):
+    def maps_for_labels(self, images, *args, **kwargs):
         self.seen += len(images)
-        return super().__call__(images, *args, **kwargs)
+        return super().maps_for_labels(images, *args, **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +83,7 @@ def test_drawn_support_masks_replace_the_cam(recipe_net, recipe_clip):
     predictor.set_support([support], "boat", masks=[drawn])
     assert spy.seen == 0
     # Area-averaged to 50x50: the coarse mask keeps the drawn area.
-    assert abs(float(predictor._support_cams[0].sum()) - drawn.mean() * 2500) <= 1.0
+    assert abs(float(predictor._shots["boat"][0][1].sum()) - drawn.mean() * 2500) <= 1.0
     predictor.predict(_image(10))
     assert spy.seen == 1  # only the query's CAM
 
@@ -105,6 +105,16 @@ def test_label_is_checked_before_work(recipe_net, cam):
         predictor.set_support([_image(0)], "  ")
     with pytest.raises(InputError, match="too long for CLIP"):
         predictor.set_support([_image(0)], "very " * 80 + "dog")
+
+
+def test_a_vocabulary_of_the_label_alone_is_refused(recipe_net, cam):
+    """Alone in the softmax, the label's probability is 1 and its CAM flat."""
+    from imrseg.errors import InputError
+
+    for vocabulary in (["cat"], ["cats"], [""]):
+        predictor = Predictor(recipe_net, cam, vocabulary=vocabulary)
+        with pytest.raises(InputError, match="--vocab leaves the label 'cat' nothing to compete with"):
+            predictor.set_support([_image(0)], "cat")
 
 
 def test_cam_works_with_a_vision_transformer_clip():

@@ -19,7 +19,7 @@ from conftest import write_image
 from imrseg import durable
 from imrseg.cli import _register, app
 from imrseg.images import load_image
-from imrseg.predictor import Predictor
+from imrseg.predictor import ClassPredictions, Prediction, Predictor
 from typer.testing import CliRunner
 
 _register()
@@ -35,16 +35,17 @@ class StubPredictor:
         self.weights_info = SimpleNamespace(spec=weights, name=None, sha256=durable.file_sha256(weights))
         self.clip_info = SimpleNamespace(model_name="stub", path=clip)
         self.device, self.precision, self.steps = "cpu", "fp32", steps or 1
+        self.labels = []
 
-    def set_support(self, images, label, masks=None):
-        pass
+    def set_supports(self, classes):
+        self.labels = list(classes)
 
-    def predict_batch(self, images, steps=None, sizes=None):
+    def predict_classes(self, images, steps=None, sizes=None):
         out = []
         for image, size in zip(images, sizes):
             mask = stub_mask(image, size)
-            out.append(SimpleNamespace(mask=mask, prob=mask.astype(np.float32), cam=np.zeros((50, 50), np.float32),
-                                       step_masks=[mask], foreground_fraction=float(mask.mean())))
+            prediction = Prediction(mask, mask.astype(np.float32), np.zeros((50, 50), np.float32), [mask], 1.0)
+            out.append(ClassPredictions({label: prediction for label in self.labels}))
         return out
 
 

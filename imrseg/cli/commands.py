@@ -4,3 +4,6 @@ from . import weights  # noqa: F401
 from . import eval  # noqa: F401
 from . import segment  # noqa: F401
 from . import info  # noqa: F401
+from . import train  # noqa: F401
+from . import export  # noqa: F401
+from . import gallery  # noqa: F401

@@ -1,5 +1,5 @@
 """`imrseg eval`: the paper's PASCAL-5i / COCO-20i evaluation, one command per fold
-(or all four). torch and the models are imported inside the command."""
+(or all four), and HSNet's FSS-1000 test. torch and the models are imported inside the command."""
 from __future__ import annotations
 
 import json
@@ -12,9 +12,15 @@ import typer
 from ..errors import InputError
 from . import app
 from ..evaluation.classes import BENCHMARK_TITLES, NUM_FOLDS
-from .options import Backbone, BatchSizeOption, Benchmark, ClipWeightsOption, DeviceOption, HubNamespaceOption, StepsOption, WeightsOption
+from .options import Backbone, BatchSizeOption, ClipWeightsOption, DeviceOption, HubNamespaceOption, StepsOption, WeightsOption
 
 FOLDS = tuple(str(f) for f in range(NUM_FOLDS)) + ("all",)
+
+
+class EvalBenchmark(str, Enum):
+    pascal = "pascal"
+    coco = "coco"
+    fss = "fss"
 
 
 class Method(str, Enum):
@@ -22,7 +28,11 @@ class Method(str, Enum):
     cam = "cam"
 
 
-def _folds(fold: str) -> list[int]:
+def _folds(fold: str | None, benchmark: str) -> list:
+    if benchmark == "fss":  # one test split, no folds
+        if fold is not None:
+            raise InputError("--fold is for pascal and coco; FSS-1000 has one test split")
+        return [None]
     if fold not in FOLDS:
         raise InputError(f"--fold must be one of {', '.join(FOLDS)}, not {fold!r}")
     return list(range(NUM_FOLDS)) if fold == "all" else [int(fold)]
@@ -53,17 +63,20 @@ def _fmt(value: float | None) -> str:
   imrseg eval --benchmark coco --fold 2 --data-root DATA --zero-shot --splits hsnet/data/splits
 """)
 def eval_command(
-    benchmark: Annotated[Benchmark, typer.Option("--benchmark", help="pascal (PASCAL-5i) or coco (COCO-20i).")],
-    fold: Annotated[str, typer.Option("--fold", metavar="0|1|2|3|all", help="Test fold, or all four.")],
+    benchmark: Annotated[EvalBenchmark, typer.Option(
+        "--benchmark", help="pascal (PASCAL-5i), coco (COCO-20i) or fss (FSS-1000's test classes, as HSNet).")],
     data_root: Annotated[Path, typer.Option(
         "--data-root", metavar="DIR",
-        help="Folder holding VOC2012/ (JPEGImages, SegmentationClassAug) or COCO2014/ (train2014, val2014, "
-             "annotations/) in HSNet's layout.")],
+        help="Folder holding VOC2012/ (JPEGImages, SegmentationClassAug), COCO2014/ (train2014, val2014, "
+             "annotations/) or FSS-1000/ in HSNet's layout.")],
+    fold: Annotated[Optional[str], typer.Option(
+        "--fold", metavar="0|1|2|3|all", help="Test fold, or all four (pascal and coco).")] = None,
     splits: Annotated[Optional[Path], typer.Option(
         "--splits", metavar="DIR",
         help="HSNet's data/splits folder; default: the official lists, downloaded once (pinned by sha256).")] = None,
     shots: Annotated[int, typer.Option("--shots", min=1, help="Supports per episode (the paper: 1 or 5).")] = 1,
-    episodes: Annotated[int, typer.Option("--episodes", min=1, help="Episodes per fold.")] = 1000,
+    episodes: Annotated[Optional[int], typer.Option(
+        "--episodes", min=1, help="Episodes per fold (default 1000; fss: one per test image, as HSNet).")] = None,
     seed: Annotated[int, typer.Option("--seed", min=0, help="numpy seed of the episode draw.")] = 0,
     steps: StepsOption = None,
     weights: WeightsOption = None,
@@ -91,13 +104,26 @@ def eval_command(
     its own registry checkpoint; with it, every fold uses those weights."""
     from ..evaluation.datasets import BenchmarkData
     from ..evaluation.splits import load_split
+    from ..hub import locate_weights
     from ..paths import cache_root
 
-    folds = _folds(fold)
+    folds = _folds(fold, benchmark.value)
     if zero_shot and method is Method.cam:
         raise InputError("--zero-shot and --method cam exclude each other (cam uses no network)")
-    data = BenchmarkData.open(benchmark.value, data_root)
-    split_list = [load_split(benchmark.value, f, splits) for f in folds]
+    if report is not None:
+        _check_report(report)
+    if benchmark is EvalBenchmark.fss:
+        from ..evaluation.folder import open_fss
+
+        data, fss_split = open_fss(data_root, splits)
+    else:
+        data = BenchmarkData.open(benchmark.value, data_root)
+    # Every fold's weights spec is read now, so a wrong or unpublished one fails before anything loads.
+    specs = {f: _weights_spec(weights, backbone.value, benchmark.value, f) for f in folds if method is Method.imr}
+    for spec in set(specs.values()):
+        locate_weights(spec, namespace)
+    split_list = [fss_split] if benchmark is EvalBenchmark.fss else [load_split(benchmark.value, f, splits)
+                                                                     for f in folds]
     for split in split_list:
         if not split.official:
             typer.echo(f"imrseg: note: {split.path} is not HSNet's official {benchmark.value} fold {split.fold} "
@@ -113,7 +139,7 @@ def eval_command(
     from ..evaluation.classes import BENCHMARK_CLASSES, paper_steps
     from ..evaluation.loop import EvalSettings
     from ..evaluation.state import RunState
-    from ..hub import load_registry, resolve_clip, resolve_steps, resolve_weights
+    from ..hub import resolve_clip, resolve_steps, resolve_weights
 
     shard = current_shard()
     torch_device = start(shard, resolve_device(device))
@@ -122,26 +148,22 @@ def eval_command(
     clip_id = f"{clip_info.model_name}:{file_sha256(clip_info.path)}"
     cam = ClipCAM(clip_model, tokenizer, mode="official", device=torch_device)
     # The authors' vocabulary: the benchmark's own class list, "a photo of a {c}".
-    cams = CamSource(cam, BENCHMARK_CLASSES[benchmark.value], clip_id, None if no_cache else cache_root())
+    vocabulary = fss_split.vocabulary if benchmark is EvalBenchmark.fss else BENCHMARK_CLASSES[benchmark.value]
+    cams = CamSource(cam, vocabulary, clip_id, None if no_cache else cache_root())
 
     model = info = None
     results = []
     for split in split_list:
         if method is Method.imr and (info is None or weights is None):
-            spec = weights
-            if spec is None:
-                entry = load_registry().find(backbone.value, benchmark.value, split.fold)
-                if entry is None:
-                    raise InputError(f"no registry checkpoint for {backbone.value} {benchmark.value} "
-                                     f"fold {split.fold}; pass --weights")
-                spec = entry.name
-            model, info = resolve_weights(spec, namespace, device=torch_device)
-        if info is not None and info.benchmark is not None and (info.benchmark, info.fold) != (benchmark.value,
-                                                                                               split.fold):
+            model, info = resolve_weights(specs[split.fold], namespace, device=torch_device)
+        trained_for = (info.benchmark, info.fold) if info is not None and info.benchmark is not None else None
+        # (FSS-1000's classes are no checkpoint's test classes: nothing to warn about.)
+        if trained_for is not None and split.fold is not None and trained_for != (benchmark.value, split.fold):
             typer.echo(f"imrseg: warning: {info.spec} was trained for {info.benchmark} fold {info.fold}; "
                        f"its test classes are not {benchmark.value} fold {split.fold}'s", err=True)
         run_steps = resolve_steps(info, steps, benchmark.value) if info is not None else steps or paper_steps(benchmark.value)
-        settings = EvalSettings(benchmark.value, split.fold, shots, episodes, seed, run_steps, method.value,
+        count = episodes or (len(split.entries) if benchmark is EvalBenchmark.fss else 1000)
+        settings = EvalSettings(benchmark.value, split.fold, shots, count, seed, run_steps, method.value,
                                 zero_shot, original_size, batch_size or default_batch_size(torch_device))
         setting = settings.state_setting(split, data.root, info.sha256 if info else None, clip_id, cam.mode)
         # Ranks of a distributed run share no state file: such a run is not resumable.
@@ -170,6 +192,33 @@ def eval_command(
         _print_row(console, results)
     if report is not None and shard.is_main:
         _write_report(report, results)
+
+
+def _check_report(path: Path) -> None:
+    """Find an unwritable --report before the evaluation, not after it: by writing there."""
+    import tempfile
+
+    if path.is_dir():
+        raise InputError(f"{path}: --report is a folder; give a file name, e.g. {path / 'report.json'}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.check-"):
+            pass
+    except OSError as exc:
+        raise InputError(f"{path}: --report cannot be written there ({exc.strerror or exc})") from None
+
+
+def _weights_spec(weights: str | None, backbone: str, benchmark: str, fold: int | None) -> str:
+    """--weights, else the registry's checkpoint for the backbone, benchmark and fold."""
+    from ..hub import load_registry
+
+    if weights is not None:
+        return weights
+    entry = load_registry().find(backbone, benchmark, fold)
+    if entry is None:
+        where = benchmark if fold is None else f"{benchmark} fold {fold}"
+        raise InputError(f"no registry checkpoint for {backbone} {where}; pass --weights")
+    return entry.name
 
 
 def _run_fold(settings, split, data, model, cams, state, device, shard):
@@ -201,19 +250,24 @@ def _print_fold(console, result, paper: float | None) -> None:
     s = result.settings
     mode = "zero-shot" if s.zero_shot else f"{s.shots}-shot"
     what = "CLIP-CAM >= 0.5" if s.method == "cam" else f"IMR-HSNet, {s.steps} steps"
-    console.print(f"[bold]{BENCHMARK_TITLES[s.benchmark]} fold {s.fold}[/bold]: {mode}, {what}, "
+    where = BENCHMARK_TITLES[s.benchmark] + (f" fold {s.fold}" if s.fold is not None else "")
+    console.print(f"[bold]{where}[/bold]: {mode}, {what}, "
                   f"{result.episodes} episode{'s' if result.episodes != 1 else ''}, {result.seconds:.0f} s")
     table = Table()
     table.add_column("class")
     table.add_column("IoU (%)", justify="right")
     for name, iou in result.per_class.items():
-        table.add_row(name, f"{iou:.1f}")
+        table.add_row(name, "not evaluated" if name in result.unevaluated else f"{iou:.1f}")
     table.add_section()
     table.add_row("mIoU", f"[bold]{result.miou:.1f}[/bold]")
     table.add_row("FB-IoU", f"{result.fb_iou:.1f}")
     if paper is not None:
         table.add_row("paper mIoU", f"{paper:.1f} ({result.miou - paper:+.1f})")
     console.print(table)
+    if result.unevaluated:
+        console.print(f"not evaluated: {', '.join(result.unevaluated)} (no episode drew them); as in the "
+                      f"authors' evaluation they count as 0 IoU in the mIoU; run more episodes to cover every "
+                      "class", markup=False)
 
 
 def _print_row(console, results) -> None:
@@ -256,6 +310,7 @@ def _write_report(path: Path, results) -> None:
             "miou": sum(r.miou for r in results) / len(results),
             "fb_iou": sum(r.fb_iou for r in results) / len(results),
             "per_class": {name: iou for r in results for name, iou in r.per_class.items()},
+            "unevaluated_classes": [name for r in results for name in r.unevaluated],
             "seconds": sum(r.seconds for r in results),
             "paper_miou": sum(papers) / len(papers) if all(p is not None for p in papers) else None,
             "per_fold": [r.to_dict() for r in results]})

@@ -62,3 +62,11 @@ JsonOption = Annotated[bool, flag("--json", "Print JSON instead of a table.")]
 QuietOption = Annotated[bool, flag("--quiet", "No progress bar or summary table.")]
 MaxPixelsOption = Annotated[Optional[int], typer.Option(
     "--max-pixels", help="Largest image accepted, in pixels (decompression-bomb guard; default 178956970).")]
+CocoOption = Annotated[bool, flag(
+    "--coco", "Write OUT/annotations.json: COCO instances, one annotation per connected component of each class.")]
+CocoPolygonsOption = Annotated[bool, flag(
+    "--coco-polygons", "COCO segmentations as polygons (holes filled) instead of exact RLE.")]
+MinAreaOption = Annotated[int, typer.Option(
+    "--min-area", metavar="PIXELS", help="Leave components of fewer pixels out of the COCO annotations.")]
+GalleryOption = Annotated[bool, flag(
+    "--gallery", "Write OUT/gallery.html: every result's overlay, classes and score, worst first.")]

@@ -5,15 +5,16 @@ from __future__ import annotations
 import inspect
 import json
 import typing
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
 from . import EXIT_INPUT_FAILED, EXIT_INTERRUPTED, app
-from .options import (BatchSizeOption, CamMode, CamModeOption, ClipWeightsOption, DeviceOption,
-                      HubNamespaceOption, MaxPixelsOption, Precision, PrecisionOption, PromptOption,
-                      QuietOption, StepsOption, WeightsOption, flag)
+from .options import (BatchSizeOption, CamMode, CamModeOption, ClipWeightsOption, CocoOption, CocoPolygonsOption,
+                      DeviceOption, GalleryOption, HubNamespaceOption, MaxPixelsOption, MinAreaOption, Precision,
+                      PrecisionOption, PromptOption, QuietOption, StepsOption, WeightsOption, flag)
 
 SEGMENT_EXAMPLES = """Examples:
 
@@ -22,6 +23,8 @@ SEGMENT_EXAMPLES = """Examples:
   imrseg segment -l "traffic cone" -s cones/ -q photos/ -o masks/ --save-steps --save-cam
 
   imrseg segment -l cat -s cat.jpg --support-mask cat_mask.png -q photos/ -o masks/ --device cuda
+
+  imrseg segment --class dog=dogs/ --class cat=cat.jpg -q photos/ -o labels/ --coco --gallery
 """
 
 ZERO_SHOT_EXAMPLES = """Examples:
@@ -29,9 +32,22 @@ ZERO_SHOT_EXAMPLES = """Examples:
   imrseg zero-shot examples/cat.jpg --label cat
 
   imrseg zero-shot photos/ --label "red car" --out masks/ --save-steps
+
+  imrseg zero-shot photos/ --label dog --label cat --out labels/ --coco
 """
 
-LabelOption = Annotated[str, typer.Option("--label", "-l", help="What to segment, in words (e.g. dog).")]
+LabelOption = Annotated[Optional[str], typer.Option(
+    "--label", "-l", help="What to segment, in words (e.g. dog), with --support: one class.")]
+ClassOption = Annotated[Optional[list[str]], typer.Option(
+    "--class", metavar="LABEL=SUPPORT",
+    help="A class and a support image or folder of it, instead of --label/--support (repeatable: several "
+         "classes in one run, numbered in this order in the indexed mask; repeat a label for more supports).")]
+ClassMaskOption = Annotated[Optional[list[str]], typer.Option(
+    "--class-mask", metavar="LABEL=MASK",
+    help="Drawn mask of one of LABEL's supports, given in the order of its supports (nonzero = object); "
+         "replaces their CLIP-CAMs.")]
+ZeroShotLabelOption = Annotated[list[str], typer.Option(
+    "--label", "-l", help="What to segment, in words (repeatable: several classes in one run).")]
 OutOption = Annotated[Path, typer.Option("--out", "-o", help="Output folder (mirrors the query folders).")]
 VocabOption = Annotated[Optional[list[str]], typer.Option(
     "--vocab", help="A background class the label competes with in CLIP (repeatable; "
@@ -44,18 +60,30 @@ OverwriteOption = Annotated[bool, flag(
     "--overwrite", "Redo every query, even finished ones, and let these settings replace those the output "
                    "folder was made with.")]
 SummaryJsonOption = Annotated[bool, flag("--json", "Print a JSON summary on stdout.")]
+WorstOption = Annotated[int, typer.Option(
+    "--worst", metavar="N", help="List the N finished queries lowest by --sort-by under the summary (0: none).")]
+
+
+class SortBy(str, Enum):
+    score = "score"
+    foreground = "foreground"
+
+
+SortByOption = Annotated[SortBy, typer.Option(
+    "--sort-by", help="What --worst ranks by: score (the confidence, see README) or foreground (the mask's share).")]
 
 
 @app.command(epilog=SEGMENT_EXAMPLES)
 def segment(
-    label: LabelOption,
-    support: Annotated[list[Path], typer.Option(
-        "--support", "-s", help="Support image or folder (repeatable; K supports = K-shot vote).")],
     query: Annotated[list[Path], typer.Option("--query", "-q", help="Query image or folder (repeatable).")],
+    label: LabelOption = None,
+    support: Annotated[Optional[list[Path]], typer.Option(
+        "--support", "-s", help="Support image or folder (repeatable; K supports = K-shot vote).")] = None,
     out: OutOption = Path("imrseg-out"),
     support_mask: Annotated[Optional[list[Path]], typer.Option(
         "--support-mask", help="Drawn mask per support, in the same order (nonzero = object); "
                                "replaces the supports' CLIP-CAMs.")] = None,
+    classes: ClassOption = None, class_mask: ClassMaskOption = None,
     steps: StepsOption = None, weights: WeightsOption = None, clip_weights: ClipWeightsOption = None,
     hub_namespace: HubNamespaceOption = None, device: DeviceOption = "auto",
     precision: PrecisionOption = Precision.fp32, batch_size: BatchSizeOption = None,
@@ -63,15 +91,18 @@ def segment(
     cam_mode: CamModeOption = CamMode.official, save_prob: SaveProbOption = False,
     save_cam: SaveCamOption = False, save_steps: SaveStepsOption = False,
     overwrite: OverwriteOption = False, max_pixels: MaxPixelsOption = None,
-    quiet: QuietOption = False, as_json: SummaryJsonOption = False,
+    coco: CocoOption = False, coco_polygons: CocoPolygonsOption = False, min_area: MinAreaOption = 0,
+    gallery: GalleryOption = False, quiet: QuietOption = False, as_json: SummaryJsonOption = False,
+    worst: WorstOption = 5, sort_by: SortByOption = SortBy.score,
 ) -> None:
-    """Segment LABEL in every query, using the supports as examples (no masks needed)."""
+    """Segment LABEL (or each --class) in every query, using the supports as examples (no masks needed)."""
     _run(locals(), zero_shot=False)
 
 
-def zero_shot(images: list[Path], **options) -> None:
-    """Segment LABEL in each image with no support: each image is its own (the paper's zero-shot mode)."""
-    _run({**options, "query": images, "support": [], "support_mask": None}, zero_shot=True)
+def zero_shot(images: list[Path], label: ZeroShotLabelOption, **options) -> None:
+    """Segment each LABEL in each image with no support: each image is its own (the paper's zero-shot mode)."""
+    _run({**options, "query": images, "label": None, "support": None, "support_mask": None, "class_mask": None,
+          "classes": label}, zero_shot=True)
 
 
 def _zero_shot_signature() -> None:
@@ -79,9 +110,11 @@ def _zero_shot_signature() -> None:
     hints = typing.get_type_hints(segment, include_extras=True)
     images = inspect.Parameter("images", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Annotated[
         list[Path], typer.Argument(help="Image files or folders.")])
-    shared = [p.replace(annotation=hints[name]) for name, p in inspect.signature(segment).parameters.items()
-              if name not in ("support", "query", "support_mask")]
-    zero_shot.__signature__ = inspect.Signature([images, *shared])
+    label = inspect.Parameter("label", inspect.Parameter.KEYWORD_ONLY, annotation=ZeroShotLabelOption)
+    shared = [p.replace(annotation=hints[name], kind=inspect.Parameter.KEYWORD_ONLY)
+              for name, p in inspect.signature(segment).parameters.items()
+              if name not in ("support", "query", "support_mask", "label", "classes", "class_mask")]
+    zero_shot.__signature__ = inspect.Signature([images, label, *shared])
     zero_shot.__annotations__ = {p.name: p.annotation for p in zero_shot.__signature__.parameters.values()}
 
 
@@ -91,15 +124,21 @@ app.command("zero-shot", epilog=ZERO_SHOT_EXAMPLES)(zero_shot)
 
 def _settings(a: dict, zero_shot: bool):
     from ..runner import OutputOptions, RunSettings
+    from ..runner.settings import ClassSpec, parse_classes
 
+    if zero_shot:
+        classes = tuple(ClassSpec(label) for label in a["classes"])
+    else:
+        classes = parse_classes(a["classes"] or (), a["class_mask"] or ())
     return RunSettings(
-        label=a["label"], queries=tuple(a["query"]), out=a["out"], supports=tuple(a["support"]),
-        support_masks=tuple(a["support_mask"] or ()), zero_shot=zero_shot, weights=a["weights"],
+        label=a["label"], queries=tuple(a["query"]), out=a["out"], supports=tuple(a["support"] or ()),
+        support_masks=tuple(a["support_mask"] or ()), classes=classes, zero_shot=zero_shot, weights=a["weights"],
         clip_weights=a["clip_weights"], hub_namespace=a["hub_namespace"], steps=a["steps"], device=a["device"],
         precision=a["precision"].value, batch_size=a["batch_size"], prompt_template=a["prompt_template"],
         vocab=tuple(a["vocab"]) if a["vocab"] else None, cam_mode=a["cam_mode"].value,
         outputs=OutputOptions(a["save_prob"], a["save_cam"], a["save_steps"]), overwrite=a["overwrite"],
-        max_pixels=a["max_pixels"])
+        max_pixels=a["max_pixels"], coco=a["coco"], coco_polygons=a["coco_polygons"], min_area=a["min_area"],
+        gallery=a["gallery"])
 
 
 def _progress(quiet: bool):
@@ -136,15 +175,18 @@ def _run(a: dict, zero_shot: bool) -> None:
     settings = _settings(a, zero_shot)
     summary = run_folder(settings, _progress(a["quiet"]))
     if current_shard().is_main:
-        _report(summary, a["quiet"], a["as_json"], settings.out, settings.out / RESULTS_FILE)
+        _report(summary, a, settings.out, settings.out / RESULTS_FILE)
     if summary.interrupted:
         raise typer.Exit(EXIT_INTERRUPTED)
     if summary.failed:
         raise typer.Exit(EXIT_INPUT_FAILED)
 
 
-def _report(summary, quiet: bool, as_json: bool, out: Path, results: Path) -> None:
-    data = {**summary.to_dict(), "out": str(out), "results": str(results)}
+def _report(summary, a: dict, out: Path, results: Path) -> None:
+    quiet, as_json = a["quiet"], a["as_json"]
+    worst = summary.worst(max(a["worst"], 0), a["sort_by"].value)
+    data = {**summary.to_dict(), "out": str(out), "results": str(results),
+            "worst": [{"query": q, "score": score, "foreground_fraction": fg} for q, score, fg in worst]}
     if as_json:
         typer.echo(json.dumps(data))
     if summary.interrupted:  # said even with --quiet: the run is not finished
@@ -162,6 +204,13 @@ def _report(summary, quiet: bool, as_json: bool, out: Path, results: Path) -> No
                   "-" if fg is None else f"{fg:.1%}", "-" if sec is None else f"{sec:.2f}")
     console = Console(stderr=True)
     console.print(table)
+    if worst:
+        lowest = Table(title=f"lowest {a['sort_by'].value}", show_header=True)
+        for column in ("score", "foreground", "query"):
+            lowest.add_column(column, justify="left" if column == "query" else "right")
+        for query, score, fg in worst:
+            lowest.add_row("-" if score is None else f"{score:.3f}", "-" if fg is None else f"{fg:.1%}", query)
+        console.print(lowest)
     console.print(f"outputs in {out}, recorded in {results}", markup=False, highlight=False, soft_wrap=True)
     if summary.failed:
         console.print(f"{summary.failed} input(s) failed; see the errors above and {results}", markup=False)

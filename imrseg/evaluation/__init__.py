@@ -2,7 +2,8 @@
 
 classes     class names, folds, the paper's titles and steps (pure data)
 splits      HSNet's split lists: parsed, pinned by sha256, downloaded once
-safe_pickle an unpickler that refuses every global (COCO's lists are pickles)
+safe_pickle an unpickler of plain data only: no globals, no shared containers, bounded work
+            (COCO's lists are pickles)
 datasets    images and masks in HSNet's layouts; ground truth as the authors read it
 episodes    test episodes drawn exactly as the authors' test script
 metrics     mIoU and FB-IoU as the authors compute them

@@ -23,7 +23,7 @@ COCO_CLASSES = (
 )
 
 BENCHMARK_CLASSES = {"pascal": PASCAL_CLASSES, "coco": COCO_CLASSES}
-BENCHMARK_TITLES = {"pascal": "PASCAL-5i", "coco": "COCO-20i"}
+BENCHMARK_TITLES = {"pascal": "PASCAL-5i", "coco": "COCO-20i", "fss": "FSS-1000"}
 PAPER_TABLES = {"pascal": "Table 1", "coco": "Table 2"}  # where the paper reports each benchmark's 1-shot mIoU
 NUM_FOLDS = 4
 # The paper refines 2 steps on PASCAL-5i and 3 on COCO-20i; 2 for weights of unknown origin.

@@ -21,7 +21,7 @@ from ..models import IMRHSNet
 from ..models.imr_hsnet import INPUT_SIZE
 from ..transforms import network_input
 from .cam_cache import CamSource
-from .classes import fold_classes, paper_steps
+from .classes import paper_steps
 from .datasets import BenchmarkData, ground_truth
 from .episodes import Episode, sample_episodes
 from .metrics import IoUMeter, intersection_union
@@ -77,6 +77,7 @@ class EvalResult:
     resumed: int  # episodes taken from the state file
     seconds: float
     cams_computed: int = 0
+    unevaluated: list[str] = field(default_factory=list)  # classes no episode drew: 0 IoU in mIoU
     extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -85,7 +86,8 @@ class EvalResult:
                 "steps": s.steps if s.method == "imr" else None, "episodes": self.episodes, "seed": s.seed,
                 "method": s.method, "zero_shot": s.zero_shot, "original_size": s.original_size,
                 "miou": self.miou, "fb_iou": self.fb_iou,
-                "per_class": self.per_class, "seconds": self.seconds, "resumed_episodes": self.resumed,
+                "per_class": self.per_class, "unevaluated_classes": self.unevaluated,
+                "seconds": self.seconds, "resumed_episodes": self.resumed,
                 "cams_computed": self.cams_computed, **self.extra}
 
 
@@ -107,7 +109,7 @@ def evaluate(settings: EvalSettings, split: Split, data: BenchmarkData, model: I
     if settings.method == "imr" and model is None:
         raise InputError("method imr needs the network")
     start = time.perf_counter()
-    meter = IoUMeter(settings.benchmark, fold_classes(settings.benchmark, settings.fold))
+    meter = IoUMeter(settings.benchmark, split.class_ids, split.class_names)
     done = state.rows[:settings.episodes] if state else []
     runner = _BatchRunner(settings, data, model, cams, torch.device(device))
     pending: list[Episode] = []
@@ -141,7 +143,7 @@ def evaluate(settings: EvalSettings, split: Split, data: BenchmarkData, model: I
     if shard.distributed:
         meter.merge(shard)
     return EvalResult(settings, meter.miou, meter.fb_iou, meter.per_class(), meter.count, len(done),
-                      time.perf_counter() - start, cams.computed)
+                      time.perf_counter() - start, cams.computed, meter.unevaluated())
 
 
 class _BatchRunner:

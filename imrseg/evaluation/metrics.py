@@ -36,28 +36,35 @@ def intersection_union(pred: np.ndarray, gt: np.ndarray, ignore: np.ndarray) -> 
 class IoUMeter:
     """Per-class sums of intersection and union, read out as the authors do."""
 
-    def __init__(self, benchmark: str, class_ids: Sequence[int]):
-        n = len(BENCHMARK_CLASSES[benchmark])
+    def __init__(self, benchmark: str, class_ids: Sequence[int], names: Sequence[str] | None = None):
+        # `names`: every class index's name, for benchmarks outside BENCHMARK_CLASSES
+        # (FSS-1000, a folder of one's own).
+        self.names = tuple(names) if names is not None else BENCHMARK_CLASSES[benchmark]
+        n = len(self.names)
         self.benchmark = benchmark
         self.class_ids = list(class_ids)
         self.intersection = np.zeros((2, n), dtype=np.int64)
         self.union = np.zeros((2, n), dtype=np.int64)
+        self.episodes = np.zeros(n, dtype=np.int64)  # per class
         self.count = 0
 
     def update(self, class_id: int, inter, union) -> None:
         self.intersection[:, class_id] += np.asarray(inter, dtype=np.int64)
         self.union[:, class_id] += np.asarray(union, dtype=np.int64)
+        self.episodes[class_id] += 1
         self.count += 1
 
     def merge(self, shard: Shard) -> None:
         """Sum every rank's counts (torch.distributed), so each rank holds the totals."""
-        parts = [self.intersection.ravel(), self.union.ravel(), np.array([self.count], dtype=np.int64)]
+        parts = [self.intersection.ravel(), self.union.ravel(), self.episodes,
+                 np.array([self.count], dtype=np.int64)]
         import torch
 
         total = all_sum(shard, torch.from_numpy(np.concatenate(parts))).numpy()
         n = self.intersection.size
         self.intersection = total[:n].reshape(self.intersection.shape)
         self.union = total[n:2 * n].reshape(self.union.shape)
+        self.episodes = total[2 * n:-1]
         self.count = int(total[-1])
 
     def class_iou(self) -> np.ndarray:
@@ -75,8 +82,12 @@ class IoUMeter:
         with np.errstate(invalid="ignore", divide="ignore"):
             return float((inter / union).mean() * 100)
 
+    def unevaluated(self) -> list[str]:
+        """The fold's classes no episode drew (fewer episodes than classes, or an unlucky
+        draw). Their IoU is 0 and counts in mIoU, as in the authors' evaluation."""
+        return [self.names[c] for c in self.class_ids if self.episodes[c] == 0]
+
     def per_class(self) -> dict[str, float]:
         """Foreground IoU (%) of each of the fold's classes, by name."""
-        names = BENCHMARK_CLASSES[self.benchmark]
         iou = self.class_iou()[1]
-        return {names[c]: float(iou[c] * 100) for c in self.class_ids}
+        return {self.names[c]: float(iou[c] * 100) for c in self.class_ids}

@@ -18,7 +18,7 @@ from pathlib import Path, PurePosixPath
 
 from ..paths import cache_root
 from .classes import BENCHMARK_CLASSES, NUM_FOLDS, fold_classes
-from ..errors import ImrsegError, InputError
+from ..errors import InputError, NetworkError
 from .safe_pickle import safe_loads
 
 SPLITS_COMMIT = "6b1bc12b3ff9f3950f49c55ab6f089e8d9e0d191"
@@ -70,14 +70,19 @@ class Split:
         return fold_classes(self.benchmark, self.fold)
 
     @property
+    def class_names(self) -> tuple[str, ...]:
+        """The name of every class index of the benchmark, as the meter reports them."""
+        return BENCHMARK_CLASSES[self.benchmark]
+
+    @property
     def official(self) -> bool:
         """Whether the file is byte for byte HSNet's, so episodes are the authors'."""
         return SPLIT_SHA256.get(split_name(self.benchmark, self.fold)) == self.sha256
 
 
 def _check_name(name: str, origin: str) -> str:
-    parts = PurePosixPath(name).parts
-    if not name or "\x00" in name or PurePosixPath(name).is_absolute() or ".." in parts or "\\" in name:
+    # String tests rather than PurePosixPath: a COCO list has tens of thousands of names.
+    if not name or "\x00" in name or "\\" in name or name.startswith("/") or ".." in name.split("/"):
         raise InputError(f"{origin}: image name {name!r} is not a plain relative name")
     return name
 
@@ -181,10 +186,16 @@ def download_split(benchmark: str, fold: int, cache_dir: os.PathLike | str | Non
     """The official file in the cache, downloaded and checked on first use.
 
     A cached copy whose sha256 no longer matches is downloaded again."""
+    name = split_name(benchmark, fold)
+    return fetch_official(name, SPLIT_SHA256[name], cache_dir, base_url)
+
+
+def fetch_official(name: str, expected: str, cache_dir: os.PathLike | str | None = None,
+                   base_url: str | None = None) -> Path:
+    """HSNet's file `name` (a path under its data/splits, e.g. `pascal/trn/fold1.txt`)
+    in the cache, downloaded on first use and checked against the sha256 `expected`."""
     from ..durable import atomic_write_bytes
 
-    name = split_name(benchmark, fold)
-    expected = SPLIT_SHA256[name]
     target = Path(cache_dir or cache_root()) / "splits" / name
     if target.is_file() and sha256_bytes(_read(target)) == expected:
         return target
@@ -196,13 +207,26 @@ def download_split(benchmark: str, fold: int, cache_dir: os.PathLike | str | Non
             data = response.read(MAX_SPLIT_BYTES + 1)
     except (urllib.error.URLError, OSError, ValueError) as exc:
         reason = getattr(exc, "reason", None) or exc
-        raise ImrsegError(f"{url}: download failed ({reason}); {hint}") from None
+        raise NetworkError(f"{url}: download failed ({reason}); {hint}") from None
     got = sha256_bytes(data)
     if got != expected:
-        raise ImrsegError(f"{url}: downloaded file has sha256 {got}, expected {expected}; "
+        raise NetworkError(f"{url}: downloaded file has sha256 {got}, expected {expected}; "
                           f"refusing it; {hint}")
     atomic_write_bytes(target, data)
     return target
+
+
+def locate_official(name: str, splits_dir: os.PathLike | str) -> Path:
+    """HSNet's file `name` in a user's folder: HSNet's `data/splits` itself or its
+    `<benchmark>` subfolder (the training and FSS-1000 lists)."""
+    name, root = PurePosixPath(name), Path(splits_dir)
+    candidates = [root / name, root / name.relative_to(name.parts[0])]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    if not root.is_dir():
+        raise InputError(f"{root}: --splits is not a folder")
+    raise InputError(f"{root}: no {name} (looked for {', '.join(str(c) for c in candidates)})")
 
 
 def load_split(benchmark: str, fold: int, splits_dir: os.PathLike | str | None = None,

@@ -77,10 +77,16 @@ class IMRHSNet(IterativeMutualRefinement, PyTorchModelHubMixin,
         """Refine both masks for `steps` iterations; returns per-step lists of
         (B,2,100,100) query and support logits. A support batch of 1 is shared by
         every query. With `with_support=False` the last step's support branch,
-        which no query output depends on, is skipped (its entry is None)."""
+        which no query output depends on, is skipped (its entry is None).
+
+        Zero-shot passes the query as its own support (the same `support` object and
+        the same `support_cam` tensor): the support branch would then repeat the query
+        branch step for step (same image, same CAM, a symmetric correlation), so it is
+        not run and the support logits are the query's."""
         steps = self.steps if steps is None else steps
         if steps < 1:
             raise ValueError(f"steps must be >= 1, got {steps}")
+        mirror = support is query and support_cam is query_cam
         bsz = query.batch_size
         support_mid = support.mid_gates.expand(bsz, -1, -1, -1)
         support_cam = support_cam.expand(bsz, -1, -1)
@@ -95,7 +101,7 @@ class IMRHSNet(IterativeMutualRefinement, PyTorchModelHubMixin,
         # query features carry the *support* CAM and the support features the *query*
         # CAM. Their checkpoints were trained with this, so it is kept as is.
         query_masks = [resize_mask(support_cam, s.size) for s in query.stages]
-        support_masks = [resize_mask(query_cam, s.size) for s in support.stages]
+        support_masks = query_masks if mirror else [resize_mask(query_cam, s.size) for s in support.stages]
         query_prior, support_prior = query_cam.unsqueeze(1), support_cam.unsqueeze(1)
         query_state = support_state = self.initial_state(bsz)
 
@@ -103,7 +109,7 @@ class IMRHSNet(IterativeMutualRefinement, PyTorchModelHubMixin,
         for step in range(steps):
             last = step == steps - 1
             q_factors = [mask_factor(s, m) for s, m in zip(query.stages, query_masks)]
-            s_factors = [mask_factor(s, m) for s, m in zip(support.stages, support_masks)]
+            s_factors = q_factors if mirror else [mask_factor(s, m) for s, m in zip(support.stages, support_masks)]
 
             def pyramid(transpose: bool) -> list:
                 return [masked_correlation(c, qf, sf, q.size, s.size, transpose, out=buf) for c, qf, sf, q, s, buf
@@ -112,19 +118,26 @@ class IMRHSNet(IterativeMutualRefinement, PyTorchModelHubMixin,
             q_logit, query_state = self.refine_step(self.hpn_learner(pyramid(False)), query.mid_gates,
                                                     query_prior, query_state)
             query_logits.append(q_logit)
-            if last and not with_support:
+            if mirror:
+                s_logit, support_state = q_logit, query_state
+            elif last and not with_support:
                 support_logits.append(None)
                 break
-            s_logit, support_state = self.refine_step(self.hpn_learner(pyramid(True)), support_mid,
-                                                      support_prior, support_state)
+            else:
+                s_logit, support_state = self.refine_step(self.hpn_learner(pyramid(True)), support_mid,
+                                                          support_prior, support_state)
             support_logits.append(s_logit)
             if last:
                 break
-            q_prob, s_prob = q_logit.softmax(dim=1)[:, 1], s_logit.softmax(dim=1)[:, 1]
+            q_prob = q_logit.softmax(dim=1)[:, 1]
             query_masks = [m * resize_mask(q_prob, s.size) for m, s in zip(query_masks, query.stages)]
-            support_masks = [m * resize_mask(s_prob, s.size) for m, s in zip(support_masks, support.stages)]
             query_prior = F.interpolate(q_prob.unsqueeze(1), STATE_SIZE, mode="bilinear", align_corners=True)
-            support_prior = F.interpolate(s_prob.unsqueeze(1), STATE_SIZE, mode="bilinear", align_corners=True)
+            if mirror:
+                support_masks, support_prior = query_masks, query_prior
+            else:
+                s_prob = s_logit.softmax(dim=1)[:, 1]
+                support_masks = [m * resize_mask(s_prob, s.size) for m, s in zip(support_masks, support.stages)]
+                support_prior = F.interpolate(s_prob.unsqueeze(1), STATE_SIZE, mode="bilinear", align_corners=True)
         return query_logits, support_logits
 
     def forward(self, query_img: torch.Tensor, support_img: torch.Tensor, query_cam: torch.Tensor,

@@ -20,6 +20,7 @@ from .. import outputs
 from ..durable import ResultsLog
 from ..errors import ImrsegError, InputError
 from ..images import LoadedImage, load_image
+from ..labels import file_tags, save_index_png, save_labelled_overlay
 from .results import Outcome, Summary, relative_outputs
 
 PREFETCH_BATCHES = 2
@@ -31,13 +32,14 @@ class OutputOptions:
     save_cam: bool = False
     save_steps: bool = False
 
-    def suffixes(self, steps: int) -> list[str]:
-        """Every file a finished query has, the mask last (it is written last)."""
-        out = [outputs.OVERLAY_SUFFIX]
-        out += [outputs.PROB_SUFFIX] if self.save_prob else []
-        out += [outputs.CAM_SUFFIX] if self.save_cam else []
-        out += [outputs.step_suffix(t) for t in range(1, steps + 1)] if self.save_steps else []
-        return out + [outputs.MASK_SUFFIX]
+    def suffixes(self, steps: int, labels: Sequence[str] = ()) -> list[str]:
+        """Every file a finished query has, the mask last (it is written last). With
+        several `labels` the probability, CAM and step files are one per class."""
+        own = [outputs.PROB_SUFFIX] if self.save_prob else []
+        own += [outputs.CAM_SUFFIX] if self.save_cam else []
+        own += [outputs.step_suffix(t) for t in range(1, steps + 1)] if self.save_steps else []
+        return [outputs.OVERLAY_SUFFIX, *(tag + suffix for tag in file_tags(labels) for suffix in own),
+                outputs.MASK_SUFFIX]
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,7 @@ class Job:
     stem: Path
     file: dict | None
     finished: dict | None = None
+    file_name: str | None = None  # the query relative to the folder it was found in
 
 
 class StopOnInterrupt:
@@ -73,16 +76,30 @@ class StopOnInterrupt:
             signal.signal(signal.SIGINT, self._previous)
 
 
-def write_outputs(stem: Path, loaded: LoadedImage, prediction, options: OutputOptions) -> None:
-    if options.save_steps:
-        for t, mask in enumerate(prediction.step_masks, start=1):
-            outputs.save_mask_png(outputs.output_path(stem, outputs.step_suffix(t)), mask)
-    if options.save_cam:
-        outputs.save_heatmap_png(outputs.output_path(stem, outputs.CAM_SUFFIX), prediction.cam, loaded.size)
-    if options.save_prob:
-        outputs.save_gray_png(outputs.output_path(stem, outputs.PROB_SUFFIX), prediction.prob)
-    outputs.save_overlay_jpg(outputs.output_path(stem, outputs.OVERLAY_SUFFIX), loaded.image, prediction.mask)
-    outputs.save_mask_png(outputs.output_path(stem, outputs.MASK_SUFFIX), prediction.mask)
+def write_outputs(stem: Path, loaded: LoadedImage, result, options: OutputOptions, labels: Sequence[str]) -> None:
+    """A query's files, the mask last. One class: the 0/255 mask and the tinted
+    overlay; several: the indexed mask, the overlay with a legend, and the
+    probability, CAM and step files of each class (`imrseg.labels`)."""
+    for label, tag in zip(labels, file_tags(labels)):
+        prediction = result[label]
+
+        def path(suffix: str) -> Path:
+            return outputs.output_path(stem, tag + suffix)
+
+        if options.save_steps:
+            for t, mask in enumerate(prediction.step_masks, start=1):
+                outputs.save_mask_png(path(outputs.step_suffix(t)), mask)
+        if options.save_cam:
+            outputs.save_heatmap_png(path(outputs.CAM_SUFFIX), prediction.cam, loaded.size)
+        if options.save_prob:
+            outputs.save_gray_png(path(outputs.PROB_SUFFIX), prediction.prob)
+    overlay, mask = outputs.output_path(stem, outputs.OVERLAY_SUFFIX), outputs.output_path(stem, outputs.MASK_SUFFIX)
+    if len(labels) > 1:
+        save_labelled_overlay(overlay, loaded.image, result.index_mask, labels)
+        save_index_png(mask, result.index_mask)
+    else:
+        outputs.save_overlay_jpg(overlay, loaded.image, result[labels[0]].mask)
+        outputs.save_mask_png(mask, result[labels[0]].mask)
 
 
 def _decoded(paths: Sequence[Path], max_pixels: int | None, lookahead: int) -> Iterator:
@@ -131,14 +148,15 @@ def _free_cached_memory() -> None:
 
 
 def segment_queries(predict: Callable | None, jobs: Sequence[Job], *, out: Path, steps: int,
-                    options: OutputOptions, batch_size: int, max_pixels: int | None, log: ResultsLog,
-                    device_name: str = "cpu", on_outcome: Callable[[Outcome], None] = lambda o: None,
+                    options: OutputOptions, labels: Sequence[str], batch_size: int, max_pixels: int | None,
+                    log: ResultsLog, device_name: str = "cpu",
+                    on_outcome: Callable[[Outcome], None] = lambda o: None,
                     stop: StopOnInterrupt | None = None) -> Summary:
     """Segment every job not yet finished, writing its outputs under `out`; log one
-    row per job, in the jobs' order. `predict(images, sizes)` returns one Prediction
-    per loaded image (None when every job is finished)."""
+    row per job, in the jobs' order. `predict(images, sizes)` returns one
+    ClassPredictions (of `labels`) per loaded image (None when every job is finished)."""
     summary = Summary()
-    suffixes = options.suffixes(steps)
+    suffixes = options.suffixes(steps, labels)
     # This batch's jobs in order: (job, LoadedImage) to predict, or an Outcome already known.
     pending: list = []
 
@@ -147,14 +165,17 @@ def segment_queries(predict: Callable | None, jobs: Sequence[Job], *, out: Path,
         summary.add(outcome)
         on_outcome(outcome)
 
-    def written(job: Job, loaded: LoadedImage, prediction, seconds: float) -> Outcome:
+    def written(job: Job, loaded: LoadedImage, result, seconds: float) -> Outcome:
         try:
-            write_outputs(job.stem, loaded, prediction, options)
+            write_outputs(job.stem, loaded, result, options, labels)
         except ImrsegError as exc:
-            return Outcome(job.query, "failed", error=str(exc), steps=steps, query_file=job.file)
+            return Outcome(job.query, "failed", error=str(exc), steps=steps, query_file=job.file,
+                           file_name=job.file_name)
+        classes = {label: {"fraction": result.fractions[label], "score": result[label].score} for label in labels}
         return Outcome(job.query, "done", outputs.output_path(job.stem, outputs.MASK_SUFFIX),
-                       prediction.foreground_fraction, seconds, steps=steps, query_file=job.file,
-                       outputs=relative_outputs(job.stem, suffixes, out))
+                       result.foreground_fraction, seconds, steps=steps, query_file=job.file,
+                       outputs=relative_outputs(job.stem, suffixes, out), file_name=job.file_name,
+                       score=result.score, classes=classes)
 
     def flush() -> None:
         batch = [item for item in pending if not isinstance(item, Outcome)]
@@ -181,7 +202,8 @@ def segment_queries(predict: Callable | None, jobs: Sequence[Job], *, out: Path,
             else:
                 _, loaded = next(decoded)
                 if isinstance(loaded, InputError):
-                    pending.append(Outcome(job.query, "failed", error=str(loaded), steps=steps, query_file=job.file))
+                    pending.append(Outcome(job.query, "failed", error=str(loaded), steps=steps, query_file=job.file,
+                                           file_name=job.file_name))
                 else:
                     pending.append((job, loaded))
                     images += 1

@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import ContextManager
 
@@ -26,11 +26,12 @@ from ..distributed import Shard, barrier, current_shard, start, stop
 from ..durable import FolderLock, ResultsLog, remove_temporaries
 from ..errors import InputError, Note, show_path
 from ..images import find_images, load_image, load_mask
+from ..labels import file_tags
 from ..outputs import plan_outputs
 from .batches import Job, StopOnInterrupt, segment_queries
 from .identity import check_loaded, differences, fingerprint_of, run_identity
 from .results import RESULTS_FILE, History, Outcome, Summary, merge_ranks, query_file, rank_log
-from .settings import RunSettings
+from .settings import ClassSpec, RunSettings
 
 # progress(total) opens a context that yields the callback each finished query is reported to.
 ProgressFactory = Callable[[int], ContextManager[Callable[[Outcome], None]]]
@@ -42,19 +43,18 @@ def _no_progress(_total: int):
     return contextlib.nullcontext(lambda outcome: None)
 
 
-def load_supports(settings: RunSettings):
-    """The supports (every failure is fatal: they define the task) and their drawn masks."""
-    files = [image for image, _ in find_images(settings.supports)]
-    masks = settings.support_masks
+def load_supports(spec: ClassSpec, files: list[Path], max_pixels: int | None):
+    """A class's supports (every failure is fatal: they define the task) and their drawn masks."""
+    masks = spec.support_masks
     if masks and len(masks) != len(files):
-        raise InputError(f"{len(files)} support images but {len(masks)} --support-mask files; "
+        raise InputError(f"{spec.label!r}: {len(files)} support images but {len(masks)} drawn masks; "
                          "give one mask per support, in the same order")
-    images = [load_image(p, max_pixels=settings.max_pixels, draft_size=0) for p in files]
+    images = [load_image(p, max_pixels=max_pixels, draft_size=0) for p in files]
     drawn = None
     if masks:
         drawn = []
         for image, mask_path in zip(images, masks):
-            mask = load_mask(mask_path, max_pixels=settings.max_pixels)
+            mask = load_mask(mask_path, max_pixels=max_pixels)
             if mask.shape[::-1] != image.size:
                 raise InputError(f"{mask_path}: mask is {mask.shape[1]}x{mask.shape[0]} but its support "
                                  f"{image.path} is {image.size[0]}x{image.size[1]}")
@@ -65,7 +65,7 @@ def load_supports(settings: RunSettings):
                 warnings.warn(Note(f"{show_path(mask_path)}: the drawn mask marks {what} (object = nonzero "
                                    "and not transparent)"), stacklevel=2)
             drawn.append(mask)
-    return images, drawn
+    return [image.image for image in images], drawn
 
 
 def _check_label_fits(label: str, template: str) -> None:
@@ -81,8 +81,8 @@ def _check_label_fits(label: str, template: str) -> None:
 class RunPlan:
     """A run worked out before any model loads."""
 
-    supports: list[Path]  # the support files found
-    loaded_supports: tuple  # load_supports' (images, drawn masks)
+    supports: list[list[Path]]  # each class's support files found
+    loaded_supports: dict  # label -> load_supports' (images, drawn masks); empty for zero-shot
     identity: dict
     fingerprint: str
     previous: dict | None  # the folder's latest header with this fingerprint
@@ -94,9 +94,11 @@ def _plan(settings: RunSettings) -> RunPlan:
     history = History(out)
     # --out may be an input folder: what imrseg wrote there is never an input.
     exclude = [out, *(out / name for name in history.written)]
-    supports = [] if settings.zero_shot else [image for image, _ in find_images(settings.supports, exclude=exclude)]
+    supports = [[] if settings.zero_shot else [image for image, _ in find_images(spec.supports, exclude=exclude)]
+                for spec in settings.classes]
     # load_supports checks them (and their masks) now, before the weights are even read.
-    loaded = load_supports(replace(settings, supports=tuple(supports))) if supports else ([], None)
+    loaded = {spec.label: load_supports(spec, files, settings.max_pixels)
+              for spec, files in zip(settings.classes, supports) if files}
     queries = find_images(settings.queries, exclude=exclude)
     identity = run_identity(settings, supports)
     fingerprint = fingerprint_of(identity)
@@ -108,12 +110,14 @@ def _plan(settings: RunSettings) -> RunPlan:
                          "with these settings, or choose another --out")
     previous = None if settings.overwrite else history.header(fingerprint)
     # Only a run with this fingerprint can have finished a query, with its steps (the same).
-    suffixes = settings.outputs.suffixes(previous["steps"]) if previous else None
+    suffixes = settings.outputs.suffixes(previous["steps"], settings.labels) if previous else None
+    roots = dict(queries)
+    protect = [p for files in supports for p in files] + [p for spec in settings.classes for p in spec.support_masks]
     jobs = []
-    for query, stem in plan_outputs(queries, out, protect=[*supports, *settings.support_masks]).items():
+    for query, stem in plan_outputs(queries, out, protect=protect, tags=file_tags(settings.labels)).items():
         file = query_file(query)
         finished = history.finished(query, file, stem, suffixes, out, fingerprint) if previous else None
-        jobs.append(Job(query, stem, file, finished))
+        jobs.append(Job(query, stem, file, finished, query.relative_to(roots[query]).as_posix()))
     return RunPlan(supports, loaded, identity, fingerprint, previous, jobs)
 
 
@@ -127,17 +131,21 @@ def _predictor(settings: RunSettings, plan: RunPlan, device):
         cam_mode=settings.cam_mode, hub_namespace=settings.hub_namespace)
     check_loaded(plan.identity, predictor)
     if settings.zero_shot:
-        return predictor, lambda images, sizes: predictor.predict_zero_shot(images, settings.label, sizes=sizes)
-    images, drawn = plan.loaded_supports
-    predictor.set_support([s.image for s in images], settings.label, masks=drawn)
-    return predictor, lambda images, sizes: predictor.predict_batch(images, sizes=sizes)
+        predictor.set_zero_shot(settings.labels)
+    else:
+        predictor.set_supports(plan.loaded_supports)
+    return predictor, lambda images, sizes: predictor.predict_classes(images, sizes=sizes)
 
 
 def _header(settings: RunSettings, plan: RunPlan, model: dict, device, shard: Shard) -> dict:
+    classes = [{"label": spec.label, "supports": [str(p) for p in files],
+                "support_masks": [str(p) for p in spec.support_masks]}
+               for spec, files in zip(settings.classes, plan.supports)]
+    # A one-class run's header keeps its class at the top level, as before classes could be several.
+    one = classes[0] if len(classes) == 1 else {"label": None, "supports": [], "support_masks": []}
     return {"type": "run", "imrseg": __version__, "fingerprint": plan.fingerprint, "identity": plan.identity,
-            "label": settings.label, "supports": [str(p) for p in plan.supports],
-            "support_masks": [str(p) for p in settings.support_masks], "zero_shot": settings.zero_shot,
-            **model, "cam_mode": settings.cam_mode, "device": str(device), "rank": shard.rank, "world": shard.world}
+            **one, "classes": classes, "zero_shot": settings.zero_shot, **model, "cam_mode": settings.cam_mode,
+            "device": str(device), "rank": shard.rank, "world": shard.world}
 
 
 def _segment(settings: RunSettings, plan: RunPlan, jobs: list[Job], device, shard: Shard,
@@ -161,7 +169,7 @@ def _segment(settings: RunSettings, plan: RunPlan, jobs: list[Job], device, shar
         log.write(_header(settings, plan, model, device, shard))
         with progress(len(jobs)) as report, StopOnInterrupt() as stopper:
             return segment_queries(
-                predict, jobs, out=out, steps=model["steps"], options=settings.outputs,
+                predict, jobs, out=out, steps=model["steps"], options=settings.outputs, labels=settings.labels,
                 batch_size=settings.batch_size or default_batch_size(device), max_pixels=settings.max_pixels,
                 log=log, device_name=str(device), on_outcome=report, stop=stopper)
 
@@ -173,7 +181,8 @@ def run_folder(settings: RunSettings, progress: ProgressFactory = _no_progress) 
 
     settings.check()
     device = resolve_device(settings.device)
-    _check_label_fits(settings.label, settings.prompt_template)
+    for label in settings.labels:
+        _check_label_fits(label, settings.prompt_template)
     shard = current_shard()
     device = start(shard, device)
     out = settings.out
@@ -191,5 +200,20 @@ def run_folder(settings: RunSettings, progress: ProgressFactory = _no_progress) 
         if shard.distributed and shard.is_main:
             interrupted, summary = summary.interrupted, merge_ranks(out)
             summary.interrupted = interrupted
+        if shard.is_main:
+            _export(settings)
     stop(shard)
     return summary
+
+
+def _export(settings: RunSettings) -> None:
+    """What the folder holds now, every run's finished queries included, as annotations
+    and as a page; under the folder's lock, so no run changes it meanwhile."""
+    if settings.coco:
+        from ..coco import export_coco
+
+        export_coco(settings.out, settings.min_area, settings.coco_polygons)
+    if settings.gallery:
+        from ..gallery import build_gallery
+
+        build_gallery(settings.out)

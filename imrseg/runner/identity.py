@@ -12,7 +12,7 @@ import json
 
 from ..durable import file_sha256
 from ..errors import ImrsegError
-from ..vocabulary import background_vocabulary
+from ..labels import class_vocabulary
 from .settings import RunSettings
 
 
@@ -36,14 +36,18 @@ def _clip(settings: RunSettings) -> dict:
             "sha256": file_sha256(weights), "config_sha256": file_sha256(config) if config else None}
 
 
-def run_identity(settings: RunSettings, supports: list) -> dict:
-    """Everything that shapes a mask; `supports` are the support files found.
-    `steps` None stands for the checkpoint's own, which its weights fix."""
+def run_identity(settings: RunSettings, supports: list[list]) -> dict:
+    """Everything that shapes a mask; `supports` are each class's support files found.
+    `steps` None stands for the checkpoint's own, which its weights fix. A one-class
+    run names its class at the top level; a run of several lists them in order."""
+    classes = [{"label": spec.label, "supports": [file_sha256(p) for p in files],
+                "support_masks": [file_sha256(p) for p in spec.support_masks],
+                "vocabulary": class_vocabulary(spec.label, settings.labels, settings.vocab)}
+               for spec, files in zip(settings.classes, supports)]
     return {
-        "weights": _weights(settings), "clip": _clip(settings), "label": settings.label,
-        "zero_shot": settings.zero_shot, "supports": [file_sha256(p) for p in supports],
-        "support_masks": [file_sha256(p) for p in settings.support_masks], "steps": settings.steps,
-        "cam_mode": settings.cam_mode, "vocabulary": background_vocabulary(settings.label, settings.vocab),
+        "weights": _weights(settings), "clip": _clip(settings), **(classes[0] if len(classes) == 1 else
+                                                                     {"classes": classes}),
+        "zero_shot": settings.zero_shot, "steps": settings.steps, "cam_mode": settings.cam_mode,
         "prompt_template": settings.prompt_template, "precision": settings.precision,
     }
 

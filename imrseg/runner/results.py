@@ -1,10 +1,12 @@
 """`results.jsonl`, the record of an output folder, and what it proves.
 
-Each run appends a header row (`type` "run": weights, label, supports, settings and
-the fingerprint of everything that shapes a mask, see `identity`), then, in query
-order, one `type` "query" row per query: path, its size and mtime when planned,
-mask, the files written (`outputs`, relative to the output folder), status,
-foreground fraction, steps, seconds, error. Before a batch's files are written a
+Each run appends a header row (`type` "run": weights, label, supports, the classes,
+settings and the fingerprint of everything that shapes a mask, see `identity`),
+then, in query order, one `type` "query" row per query: path, its path relative to
+the folder it was found in (`file_name`), its size and mtime when planned, mask,
+the files written (`outputs`, relative to the output folder, the mask last),
+status, foreground fraction, the score (`imrseg.scores`), per class its fraction
+and score (`classes`), steps, seconds, error. Before a batch's files are written a
 `type` "writing" row names them, so even a killed run's files are known as
 imrseg's and never read back as inputs. A distributed run writes one file per rank
 and rank 0 merges them in query order."""
@@ -34,18 +36,24 @@ class Outcome:
     steps: int | None = None
     query_file: dict | None = None  # size and mtime_ns when planned: a changed file is redone
     outputs: list[str] = field(default_factory=list)
+    file_name: str | None = None  # relative to the folder the query was found in
+    score: float | None = None
+    classes: dict | None = None  # label -> {"fraction", "score"}
 
     def row(self) -> dict:
-        return {"type": "query", "query": str(self.query), "status": self.status,
+        return {"type": "query", "query": str(self.query), "file_name": self.file_name, "status": self.status,
                 "mask": str(self.mask) if self.mask else None, "outputs": self.outputs,
                 "query_file": self.query_file, "foreground_fraction": self.foreground_fraction,
-                "steps": self.steps, "seconds": self.seconds, "error": self.error}
+                "score": self.score, "classes": self.classes, "steps": self.steps, "seconds": self.seconds,
+                "error": self.error}
 
     @classmethod
     def skipped(cls, query: Path, finished: dict) -> Outcome:
         """A query kept from an earlier run: its row carried forward."""
         return cls(query, "skipped", Path(finished["mask"]), finished["foreground_fraction"],
-                   steps=finished["steps"], query_file=finished["query_file"], outputs=finished["outputs"])
+                   steps=finished["steps"], query_file=finished["query_file"], outputs=finished["outputs"],
+                   file_name=finished.get("file_name"), score=finished.get("score"),
+                   classes=finished.get("classes"))
 
 
 @dataclass
@@ -56,12 +64,21 @@ class Summary:
     interrupted: bool = False
     foreground: list = field(default_factory=list)
     seconds: list = field(default_factory=list)
+    finished: list = field(default_factory=list)  # (query, score, foreground fraction) of done and skipped
 
     def add(self, outcome: Outcome) -> None:
         setattr(self, outcome.status, getattr(self, outcome.status) + 1)
         if outcome.status == "done":
             self.foreground.append(outcome.foreground_fraction)
             self.seconds.append(outcome.seconds)
+        if outcome.status != "failed":
+            self.finished.append((str(outcome.query), outcome.score, outcome.foreground_fraction))
+
+    def worst(self, count: int, sort_by: str = "score") -> list[tuple[str, float | None, float | None]]:
+        """The `count` finished queries lowest by `sort_by` ("score" or "foreground");
+        those without a score (rows of an older imrseg) come last."""
+        key = 1 if sort_by == "score" else 2
+        return sorted(self.finished, key=lambda f: (f[key] is None, f[key] or 0.0, f[0]))[:count]
 
     def to_dict(self) -> dict:
         mean = (lambda xs: sum(xs) / len(xs) if xs else None)
@@ -160,7 +177,7 @@ def merge_ranks(out: Path) -> Summary:
                         if row.get("type") == "query":
                             merged.add(Outcome(Path(row["query"]), row["status"],
                                                foreground_fraction=row["foreground_fraction"],
-                                               seconds=row["seconds"]))
+                                               seconds=row["seconds"], score=row.get("score")))
     for _, path in ranks:
         path.unlink()
     return merged

@@ -1,0 +1,212 @@
+"""The training loop: the authors' train.py (Adam on every parameter outside the
+frozen backbone, the loss of Eq. 7 averaged over a batch of 1-shot episodes,
+validation after every epoch, the best validation mIoU kept), made resumable
+and distributed.
+
+Resumable: `RUN/last/` is saved at the end of an epoch's steps, after its
+validation, on Ctrl-C and every half hour; a run started again continues from
+the step it saved, with the same episodes (`training_episodes` draws epoch e from
+a generator seeded with (seed, e)), so on the CPU an interrupted run ends with
+the weights of an uninterrupted one.
+
+Distributed (torchrun): a batch of B episodes is dealt round-robin to the ranks;
+each rank's loss is weighted by its share of the batch, and DistributedDataParallel
+averages the gradients, so every step is the step of one process on the whole
+batch. A rank's share may be split into micro-batches (gradient accumulation,
+the same step again). Validation is sharded as `imrseg eval` shards it; rank 0
+writes.
+"""
+from __future__ import annotations
+
+import contextlib
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..devices import autocast
+from ..distributed import Shard, all_sum
+from ..errors import Note
+from ..evaluation.episodes import sample_episodes
+from ..evaluation.loop import EvalSettings, evaluate
+from ..evaluation.training_episodes import TrainingSplit, training_episodes
+from .card import run_card
+from .checkpoints import RunFolder, TrainState
+from .data import EpisodeLoader, precompute_cams
+from .plot import plot_curves
+from .settings import TrainSettings
+
+SAVE_EVERY_S = 1800
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Stopped on request; what was done is in RUN/last (`saved`: at which epoch and step)."""
+
+    def __init__(self, saved: str):
+        super().__init__(saved)
+        self.saved = saved
+
+
+@dataclass
+class Validation:
+    """The test fold's episodes (or the held-out classes'): an `evaluate` split and its data."""
+
+    split: object
+    data: object
+    batch_size: int = 2
+
+    def cam_pairs(self, episodes: int) -> list[tuple[str, int]]:
+        pairs = []
+        for e in sample_episodes(self.split, 1, episodes, 0):
+            pairs += [(e.query, e.class_id), (e.supports[0], e.class_id)]
+        return list(dict.fromkeys(pairs))
+
+
+class Reporter:
+    """What the loop tells its caller (the CLI draws progress bars); does nothing here."""
+
+    def cams(self, done: int, total: int) -> None: ...
+
+    def epoch_start(self, epoch: int, epochs: int, steps: int, done: int) -> None: ...
+
+    def step(self, loss: float) -> None: ...
+
+    def validation(self, done: int, total: int, miou: float) -> None: ...
+
+    def epoch_end(self, row: dict) -> None: ...
+
+
+class _Objective(nn.Module):
+    """The loss as a module's forward: DistributedDataParallel synchronises what goes
+    through its wrapped forward."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, *batch):
+        return self.net.loss(*batch)
+
+
+def step_groups(settings: TrainSettings, split: TrainingSplit, epoch: int, world: int) -> list[list]:
+    """Epoch `epoch`'s batches of episodes, one per optimiser step. Under torchrun a
+    last batch smaller than the number of ranks is left out (a rank without an
+    episode has no forward pass to take part in)."""
+    episodes = training_episodes(split, epoch, settings.seed)
+    groups = [episodes[i:i + settings.batch_size] for i in range(0, len(episodes), settings.batch_size)]
+    return [g for g in groups if len(g) >= world]
+
+
+def fit(settings: TrainSettings, net, split: TrainingSplit, loader: EpisodeLoader, validation: Validation,
+        run: RunFolder, device, shard: Shard = Shard(), reporter: Reporter = Reporter(),
+        stop: Callable[[], bool] = lambda: False, origin: str = "") -> TrainState:
+    """Train `net` up to `settings.epochs` epochs in `run`, continuing what is saved there."""
+    device = torch.device(device)
+    net.to(device).train()
+    optimizer = torch.optim.Adam(net.trainable_parameters(), lr=settings.lr)
+    scaler = torch.amp.GradScaler(device.type, enabled=settings.precision == "fp16")
+    recipe = settings.recipe()
+    state = run.resume(recipe, net, optimizer, scaler)
+    state.origin = state.origin or origin
+    objective = _Objective(net)
+    if shard.distributed:
+        objective = nn.parallel.DistributedDataParallel(
+            objective, device_ids=[device] if device.type == "cuda" else None, broadcast_buffers=False)
+
+    if state.epoch < settings.epochs:
+        pairs = list(dict.fromkeys(split.cam_pairs() + validation.cam_pairs(settings.val_episodes)))
+        if not precompute_cams(loader, pairs, shard, reporter.cams, stop):
+            raise TrainingInterrupted("nothing trained yet (the CLIP-CAMs computed so far are cached)")
+
+    def save() -> None:
+        if shard.is_main:
+            run.save_last(recipe, net, optimizer, scaler, state)
+
+    last_save, micro = time.monotonic(), settings.micro_batch
+    while state.epoch < settings.epochs:
+        groups = step_groups(settings, split, state.epoch, shard.world)
+        reporter.epoch_start(state.epoch, settings.epochs, len(groups), state.position)
+        started = time.perf_counter() - state.seconds
+        todo = groups[state.position:]
+        batches = loader.stream([shard.take(g) for g in todo])
+        for group in todo:
+            batch = next(batches).to(device)
+            while True:
+                optimizer.zero_grad(set_to_none=True)
+                try:
+                    loss_sum = _accumulate(objective, batch, micro or len(batch), len(group), scaler, settings, shard)
+                    break
+                except torch.cuda.OutOfMemoryError:
+                    # Alone, a process can redo the step in smaller forward passes (the same
+                    # gradients); under torchrun the other ranks are already waiting for it.
+                    if shard.distributed or (micro or len(batch)) == 1:
+                        raise
+                    micro = max(1, (micro or len(batch)) // 2)
+                    torch.cuda.empty_cache()
+                    warnings.warn(Note(f"out of GPU memory: continuing with {micro} episodes a forward pass "
+                                       f"(the same steps; --micro-batch {micro} starts so)"))
+            scaler.step(optimizer)
+            scaler.update()
+            batch_loss = all_sum(shard, loss_sum).item() / len(group)
+            state.position += 1
+            state.optimizer_steps += 1
+            state.loss_sum += batch_loss
+            state.seconds = time.perf_counter() - started
+            reporter.step(batch_loss)
+            # Every rank stops, or saves, at the same step.
+            due = time.monotonic() - last_save > SAVE_EVERY_S
+            flags = all_sum(shard, torch.tensor([float(stop()), float(due and shard.is_main)], device=device))
+            if flags[0] > 0 or flags[1] > 0:
+                save()
+                last_save = time.monotonic()
+                if flags[0] > 0:
+                    raise TrainingInterrupted(f"epoch {state.epoch + 1}, step {state.position} of {len(groups)}")
+        batches.close()
+        if todo:
+            save()  # the steps are safe while validation runs
+
+        def on_episode(done: int, total: int, meter) -> None:
+            reporter.validation(done, total, meter.miou)
+            if stop():
+                raise TrainingInterrupted(f"epoch {state.epoch + 1}'s steps; its validation is redone")
+
+        result = evaluate(EvalSettings(settings.benchmark, settings.fold, 1, settings.val_episodes, 0,
+                                       settings.steps, "imr", batch_size=validation.batch_size),
+                          validation.split, validation.data, net, loader.cams, None, device, on_episode, shard)
+        net.train()
+        row = {"epoch": state.epoch + 1, "train_loss": state.loss_sum / max(len(groups), 1),
+               "val_miou": result.miou, "val_fb_iou": result.fb_iou, "episodes": result.episodes,
+               "seconds": time.perf_counter() - started, "optimizer_steps": state.optimizer_steps}
+        if state.best is None or row["val_miou"] > state.best["val_miou"]:  # as the authors: strictly better
+            state.best = row
+            if shard.is_main:
+                run.save_best(net, lambda sha: run_card(net, settings, row, state.origin, sha))
+        state.history.append(row)
+        state.epoch, state.position, state.loss_sum, state.seconds = state.epoch + 1, 0, 0.0, 0.0
+        save()
+        if shard.is_main:
+            run.write_metrics(state.history)
+            plot_curves(run.curves, state.history)
+        last_save = time.monotonic()
+        reporter.epoch_end(row)
+    return state
+
+
+def _accumulate(objective, batch, size: int, batch_size: int, scaler, settings: TrainSettings,
+                shard: Shard) -> torch.Tensor:
+    """Gradients of one step from a rank's share of the batch, `size` episodes a forward
+    pass; returns the share's summed loss. DDP synchronises at the last backward."""
+    parts = batch.split(size)
+    loss_sum = torch.zeros((), device=batch.query_img.device)
+    for i, part in enumerate(parts):
+        sync = i == len(parts) - 1 or not shard.distributed
+        with contextlib.nullcontext() if sync else objective.no_sync():
+            with autocast(batch.query_img.device, settings.precision):
+                loss = objective(*part.tensors())
+            # The share of the batch's mean loss, times the ranks DDP averages over.
+            scaler.scale(loss * (len(part) * shard.world / batch_size)).backward()
+        loss_sum += loss.detach().float() * len(part)
+    return loss_sum
