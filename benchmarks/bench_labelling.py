@@ -11,8 +11,12 @@ process with recipe weights (no download).
 (d) zero-shot, two branches: the same CAMs and features, but the support passed
     as a separate copy, so `refine` runs both branches as it did before sharing.
 
-Each pair is timed in alternation, `--repeats` times; figures are medians of
-seconds per query. The LAST stdout line is one JSON object.
+With `--flops` the paths' work is counted instead of timed: GFLOP per query, from
+the counted pieces (a measure that does not depend on what else the machine runs).
+Otherwise each pair is timed in alternation, `--repeats` times, after a warm-up at the same
+steps and batch size; figures are medians of seconds per query, wall-clock and
+process CPU time (all threads: on a machine shared with other work the CPU time
+is the steadier measure of the work done). The LAST stdout line is one JSON object.
 
     python benchmarks/bench_labelling.py --queries 4 --steps 2
 """
@@ -33,6 +37,7 @@ from imrseg.cam import ClipCAM, openai_fp16_round_trip
 from imrseg.devices import resolve_device
 from imrseg.models import IMRHSNet
 from imrseg.predictor import Predictor
+from imrseg.transforms import network_input
 
 # The recipe weights are a test fixture: the same deterministic weights the golden outputs use.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
@@ -52,14 +57,15 @@ def images(count: int, seed: int) -> list[Image.Image]:
     return out
 
 
-def timed(fn, device) -> float:
+def timed(fn, device) -> tuple[float, float]:
+    """(wall, CPU) seconds of fn()."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    start = time.perf_counter()
+    wall, cpu = time.perf_counter(), time.process_time()
     fn()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    return time.perf_counter() - start
+    return time.perf_counter() - wall, time.process_time() - cpu
 
 
 def batches(queries, batch_size):
@@ -94,12 +100,61 @@ def zero_shot(predictor, queries, batch_size, two_branches: bool) -> None:
                                     sizes, every_step=True)
 
 
-def alternate(first, second, repeats, device) -> tuple[float, float]:
+def gflop(fn) -> float:
+    """GFLOP of fn(), counted by torch (matrix products and convolutions)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops() / 1e9
+
+
+def alternate(first, second, names: tuple[str, str], repeats, device, queries: int) -> dict:
+    """Per-query medians of both, wall and CPU, and second / first (the speedup)."""
     times = ([], [])
     for _ in range(repeats):
         times[0].append(timed(first, device))
         times[1].append(timed(second, device))
-    return statistics.median(times[0]), statistics.median(times[1])
+    out = {}
+    for clock, i in (("wall", 0), ("cpu", 1)):
+        a, b = (statistics.median(t[i] for t in ts) / queries for ts in times)
+        out[clock] = {f"{names[0]}_s_per_query": round(a, 4), f"{names[1]}_s_per_query": round(b, 4),
+                      "speedup": round(b / a, 3)}
+    return out
+
+
+def count_work(net, cam, device, steps, image) -> dict:
+    """GFLOP per query of each path, from the counted GFLOP of its pieces on one
+    image: CLIP's image forward, the backbone encoding, one refinement against a
+    support, and zero-shot's refinement with one branch or two. (torch's counter
+    cannot follow Grad-CAM's autograd.grad, so its short backward pass, from the
+    last block on, is left out of both sides.) Q queries, one support per class:
+    one run costs C (clip + encode) for the supports and Q (clip + encode + C refine);
+    C separate runs cost C (clip + encode) + C Q (clip + encode + refine)."""
+    text = cam.text_features(["dog", "cat"])
+    with torch.inference_mode():
+        clip = gflop(lambda: cam.probabilities(cam.batch([image]), text))
+        features = net.encode(network_input(image)[None].to(device))
+        encode = gflop(lambda: net.encode(network_input(image)[None].to(device)))
+        cams = torch.rand(1, 50, 50, device=device)
+        refine = gflop(lambda: net.refine(features, features.index(slice(None)), cams, cams.clone(), steps,
+                                          with_support=False))
+        mirrored = gflop(lambda: net.refine(features, features, cams, cams, steps, with_support=False))
+    q = 100  # queries per run: the supports' share, per query, is then small
+    out = {"steps": steps, "queries_per_run": q,
+           "pieces_gflop": {"clip_forward": round(clip, 2), "encode": round(encode, 2),
+                            "refine_one_support": round(refine, 2), "zero_shot_refine_shared": round(mirrored, 2)},
+           "classes": {}}
+    for c in (1, 2, 4):
+        one = (c * (clip + encode) + q * (clip + encode + c * refine)) / q
+        apart = c * ((clip + encode) + q * (clip + encode + refine)) / q
+        out["classes"][c] = {"one_run_gflop_per_query": round(one, 1), "separate_runs_gflop_per_query": round(apart, 1),
+                             "ratio": round(apart / one, 3)}
+    # Zero-shot before the sharing ran both branches (the same features and CAM as a copy).
+    shared, both = clip + encode + mirrored, clip + encode + refine
+    out["zero_shot"] = {"shared_gflop_per_query": round(shared, 1), "two_branches_gflop_per_query": round(both, 1),
+                        "ratio": round(both / shared, 3)}
+    return out
 
 
 def main() -> None:
@@ -110,6 +165,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--flops", action="store_true", help="count GFLOP per query instead of timing")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -123,29 +179,30 @@ def main() -> None:
     cam = ClipCAM(clip, device=device)
     queries, supports = images(args.queries, 1), images(len(CLASSES), 2)
     q = args.queries
-
-    one_run(net, cam, device, 1, supports, CLASSES[:2], queries[:1], 1)  # warm-up: kernels, allocations
+    if args.flops:
+        print(json.dumps(count_work(net, cam, device, args.steps, queries[0])))
+        return
+    # Warm-up at the measured steps and batch size: first calls allocate and pick kernels.
+    one_run(net, cam, device, args.steps, supports, CLASSES[:2], queries[:batch_size], batch_size)
     result = {"device": str(device), "torch_threads": torch.get_num_threads(), "queries": q,
-              "steps": args.steps, "batch_size": batch_size, "classes": {}}
+              "steps": args.steps, "batch_size": batch_size, "repeats": args.repeats, "classes": {}}
     for count in (1, 2, 4):
         labels = CLASSES[:count]
-        together, apart = alternate(
+        timing = alternate(
             lambda: one_run(net, cam, device, args.steps, supports, labels, queries, batch_size),
             lambda: separate_runs(net, cam, device, args.steps, supports, labels, queries, batch_size),
-            args.repeats, device)
-        result["classes"][count] = {"one_run_s_per_query": round(together / q, 4),
-                                    "separate_runs_s_per_query": round(apart / q, 4),
-                                    "speedup": round(apart / together, 3)}
-        print(f"{count} class(es): one run {together / q:.3f} s/query, separate runs {apart / q:.3f} s/query, "
-              f"{apart / together:.2f}x", file=sys.stderr)
+            ("one_run", "separate_runs"), args.repeats, device, q)
+        result["classes"][count] = timing
+        print(f"{count} class(es): one run vs separate runs, speedup {timing['wall']['speedup']:.2f}x wall, "
+              f"{timing['cpu']['speedup']:.2f}x CPU", file=sys.stderr)
 
     predictor = Predictor(net, cam, device=device, steps=args.steps)
-    shared, both = alternate(lambda: zero_shot(predictor, queries, batch_size, False),
-                             lambda: zero_shot(predictor, queries, batch_size, True), args.repeats, device)
-    result["zero_shot"] = {"shared_s_per_query": round(shared / q, 4), "two_branches_s_per_query": round(both / q, 4),
-                           "speedup": round(both / shared, 3)}
-    print(f"zero-shot: shared {shared / q:.3f} s/query, two branches {both / q:.3f} s/query, "
-          f"{both / shared:.2f}x", file=sys.stderr)
+    timing = alternate(lambda: zero_shot(predictor, queries, batch_size, False),
+                       lambda: zero_shot(predictor, queries, batch_size, True), ("shared", "two_branches"),
+                       args.repeats, device, q)
+    result["zero_shot"] = timing
+    print(f"zero-shot: shared vs two branches, speedup {timing['wall']['speedup']:.2f}x wall, "
+          f"{timing['cpu']['speedup']:.2f}x CPU", file=sys.stderr)
     print(json.dumps(result))
 
 

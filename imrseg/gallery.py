@@ -124,7 +124,7 @@ figcaption { padding: 6px 8px; }
 .score { float: right; font-variant-numeric: tabular-nums; }
 .chip { display: inline-block; border-radius: 8px; padding: 0 6px; margin: 2px 2px 0 0; color: #fff; font-size: 12px;
         text-shadow: 0 0 2px #000; }
-.links a { margin-right: 6px; font-size: 12px; }
+.links { display: flex; flex-wrap: wrap; column-gap: 6px; font-size: 12px; }
 </style>
 </head>
 <body>
