@@ -34,7 +34,8 @@ def make_shapes(root: Path, per_class: int = 4, size: tuple[int, int] = (96, 80)
             image = Image.fromarray(background).resize((w, h), Image.BILINEAR)
             mask = Image.new("L", (w, h), 0)
             r = int(rng.integers(min(w, h) // 4, min(w, h) // 2.5))
-            cx, cy = int(rng.integers(r, w - r)), int(rng.integers(r, h - r))
+            # Near the centre, as most photographed objects (and FSS-1000's) are.
+            cx, cy = (c // 2 + int(rng.integers(-c // 10, c // 10 + 1)) for c in (w, h))
             box = [cx - r, cy - r, cx + r, cy + r]
             for canvas, fill in ((ImageDraw.Draw(image), colour), (ImageDraw.Draw(mask), 255)):
                 if shape == "disc":
@@ -51,7 +52,7 @@ def make_shapes(root: Path, per_class: int = 4, size: tuple[int, int] = (96, 80)
 class MaskCam:
     """What CamSource needs of a ClipCAM: `template`, `mode` and the call. The map is
     the class colour's mask, area-resized to `size`, blurred, scaled to a peak of 1
-    and cubed, with noise (seeded by the image): like a Grad-CAM it fires on the
+    and raised to the 6th power, with noise (seeded by the image): like a Grad-CAM it fires on the
     object's core, so CAM >= 0.5 is a rough, too small mask."""
 
     template, mode = "a photo of a {c}", "official"
@@ -67,9 +68,9 @@ class MaskCam:
             pixels = np.asarray(image.convert("RGB"), dtype=np.float32)
             colour = np.asarray(self.colours[classnames[target]], dtype=np.float32)
             mask = (np.abs(pixels - colour).max(axis=2) < 45).astype(np.float32)
-            small = cv2.GaussianBlur(cv2.resize(mask, (size, size), interpolation=cv2.INTER_AREA), (0, 0), 3)
+            small = cv2.GaussianBlur(cv2.resize(mask, (size, size), interpolation=cv2.INTER_AREA), (0, 0), 4)
             rng = np.random.default_rng(int(hashlib.sha256(pixels.tobytes()).hexdigest()[:8], 16))
-            noisy = (small / max(small.max(), 1e-6)) ** 3 + rng.normal(0, 0.08, small.shape)
+            noisy = (small / max(small.max(), 1e-6)) ** 6 + rng.normal(0, 0.08, small.shape)
             maps.append(np.clip(noisy, 0, 1).astype(np.float32))
         return torch.from_numpy(np.stack(maps))
 

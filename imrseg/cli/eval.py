@@ -33,6 +33,8 @@ def _folds(fold: str | None, benchmark: str) -> list:
         if fold is not None:
             raise InputError("--fold is for pascal and coco; FSS-1000 has one test split")
         return [None]
+    if fold is None:
+        raise InputError(f"--fold is needed for {benchmark}: one of {', '.join(FOLDS)}")
     if fold not in FOLDS:
         raise InputError(f"--fold must be one of {', '.join(FOLDS)}, not {fold!r}")
     return list(range(NUM_FOLDS)) if fold == "all" else [int(fold)]

@@ -47,6 +47,7 @@ def run_card(model, settings, best: dict, origin: str, weights_sha256: str) -> s
         f"{settings.precision}, episode seed {settings.seed} |",
         f"| sha256 of {WEIGHTS_FILE} | `{weights_sha256}` |", "",
         "## Use", "",
-        "```bash", "imrseg segment --weights THIS_FOLDER --label LABEL --support S.jpg --query Q/ --out OUT/", "```", "",
+        "```bash", "imrseg segment --weights THIS_FOLDER --label LABEL --support S.jpg --query Q/ --out OUT/",
+        "```", "",
         "## Citation", "",
         f"Wang et al., {paper['title']}, {paper['venue']}, doi:{paper['doi']}.", ""])
