@@ -5,7 +5,8 @@ modules; `bench_segment.py` times the folder path against it. This checks that t
 emulation costs what their code costs: it imports their modules from a checkout of
 github.com/Whileherham/IMR-HSNet (`--authors`), gives both the same recipe weights
 and the same inputs, checks that both compute the same CAMs and logits, and times
-them in alternation, `--repeats` times (medians):
+them in alternation (each pair's order swapped every repeat), `--repeats` times
+(medians):
 
 - one CLIP Grad-CAM, as their CAM pass (generate_cam_voc.py) computes it per image;
 - one episode's network, as their test forward (under no_grad, with the
@@ -114,7 +115,7 @@ def main() -> None:
             return their_net(query_img, support_img, support_cam, query_cam, stage=args.steps)[0]
 
     def emulated_network():
-        with torch.inference_mode():
+        with torch.no_grad():
             return authors_pipeline.forward(net, query_img, support_img, query_cam, support_cam, args.steps)
 
     cam_diff = max(float((their_cam(x) - emulated_cam(x)).abs().max()) for x in (query_clip, support_clip))
@@ -123,9 +124,12 @@ def main() -> None:
     pieces = {"their_cam": lambda: their_cam(query_clip), "emulated_cam": lambda: emulated_cam(query_clip),
               "their_network": their_network, "emulated_network": emulated_network}
     seconds = {name: [] for name in pieces}
-    for _ in range(args.repeats):
-        for name, fn in pieces.items():
-            seconds[name].append(timed(fn))
+    for repeat in range(args.repeats):
+        # Each pair in turn, the first of it alternating: whichever runs first after the
+        # other pair's work finds the allocator in a different state.
+        for pair in (("their_cam", "emulated_cam"), ("their_network", "emulated_network")):
+            for name in pair[::-1] if repeat % 2 else pair:
+                seconds[name].append(timed(pieces[name]))
     median = {name: statistics.median(s) for name, s in seconds.items()}
     result = {
         "torch_threads": torch.get_num_threads(), "steps": args.steps, "repeats": args.repeats,

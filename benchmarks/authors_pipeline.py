@@ -8,10 +8,13 @@ It does the work the authors' code does, and no more:
   their CAM pass (one map per image and class, stored, then read by every episode
   that uses the image): the prompts encoded again on every call and a full backward
   pass through CLIP, parameter gradients included, since nothing there turns
-  gradients off.
+  gradients off. In fp32, as their `clip.load` leaves CLIP on CPU (on CUDA it keeps
+  CLIP in fp16, so there this CAM costs more than theirs).
 - `forward`: their test-time network forward (under no-grad, with the original-size
-  option, so the logits stay at 100x100): both backbones, and at every step, the last
-  included, both branches, with the features masked in place, the full cosine
+  option, so the logits stay at 100x100): both backbones (block by block with
+  in-place ReLUs and residual sums, each tap copied), then, with both branches'
+  correlation pyramids built before each step and held through it, at every step,
+  the last included, both branches, with the features masked in place, the full cosine
   correlation recomputed, HSNet's channel-major 4D convolution (index_select
   pruning, permute + contiguous around each 2D convolution) and each IMR gate's 1x1
   convolution over the whole [mask, encoded, mid feature, state] concatenation.
@@ -23,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from imrseg.cam import postprocess_cam
-from imrseg.models.backbone import extract_taps, stage_slices
+from imrseg.models.backbone import VGG_TAPS, stage_slices
 from imrseg.models.conv4d import CenterPivotConv4d
 from imrseg.models.imr import LOGIT_SIZE, STATE_SIZE
 from imrseg.models.learner import HPNLearner
@@ -53,6 +56,32 @@ def cam(clip, tokens, image, target: int, size: int = 50) -> torch.Tensor:
     act, grad = captured["act"].detach()[0], captured["grad"].detach()[0]
     raw = (grad.mean(dim=(1, 2))[:, None, None] * act).sum(dim=0).cpu().numpy()
     return torch.from_numpy(cv2.resize(postprocess_cam(raw, image.shape[-1]), (size, size)))[None]
+
+
+def _taps(net, img):
+    """The backbone's taps as their feature extraction takes them: in-place ReLUs and
+    residual sums, each tap copied as it is taken."""
+    taps = []
+    if net.backbone_name == "vgg16":
+        x = img
+        for idx, module in enumerate(net.backbone.features[: VGG_TAPS[-1] + 1]):
+            x = module(x)  # torchvision's ReLUs are in place
+            if idx in VGG_TAPS:
+                taps.append(x.clone())
+        return taps
+    backbone = net.backbone
+    x = backbone.maxpool(backbone.relu(backbone.bn1(backbone.conv1(img))))
+    for stage, layer in enumerate((backbone.layer1, backbone.layer2, backbone.layer3, backbone.layer4)):
+        for block in layer:
+            residual = x
+            x = block.relu(block.bn1(block.conv1(x)))
+            x = block.relu(block.bn2(block.conv2(x)))
+            x = block.bn3(block.conv3(x))
+            x += block.downsample(residual) if block.downsample is not None else residual
+            if stage > 0:
+                taps.append(x.clone())
+            x = block.relu(x)
+    return taps
 
 
 def _correlation(query_taps, support_taps, slices):
@@ -139,8 +168,7 @@ def _mask(taps, mask):
 
 def forward(net, query_img, support_img, query_cam, support_cam, steps):
     """Query logits (B,2,100,100) of the last step, computed as the authors do."""
-    q_taps = extract_taps(net.backbone_name, net.backbone, query_img)
-    s_taps = extract_taps(net.backbone_name, net.backbone, support_img)
+    q_taps, s_taps = _taps(net, query_img), _taps(net, support_img)
     slices = stage_slices(net.spec, len(q_taps))
 
     def mid(taps):
@@ -152,15 +180,16 @@ def forward(net, query_img, support_img, query_cam, support_cam, steps):
     _mask(s_taps, query_cam)
     q_prior, s_prior = query_cam.unsqueeze(1), support_cam.unsqueeze(1)
     q_state = s_state = net.state.expand(query_img.shape[0], -1, -1, -1)
+    # Both branches' correlation pyramids are built before a step and held through it.
+    q_corr, s_corr = _correlation(q_taps, s_taps, slices), _correlation(s_taps, q_taps, slices)
     for step in range(steps):
-        q_logit, q_state = _imr_step(net, _hpn(net.hpn_learner, _correlation(q_taps, s_taps, slices)),
-                                     q_mid, q_prior, q_state)
-        s_logit, s_state = _imr_step(net, _hpn(net.hpn_learner, _correlation(s_taps, q_taps, slices)),
-                                     s_mid, s_prior, s_state)
+        q_logit, q_state = _imr_step(net, _hpn(net.hpn_learner, q_corr), q_mid, q_prior, q_state)
+        s_logit, s_state = _imr_step(net, _hpn(net.hpn_learner, s_corr), s_mid, s_prior, s_state)
         if step < steps - 1:
             q_prob, s_prob = q_logit.softmax(1)[:, 1], s_logit.softmax(1)[:, 1]
             _mask(q_taps, q_prob)
             _mask(s_taps, s_prob)
+            q_corr, s_corr = _correlation(q_taps, s_taps, slices), _correlation(s_taps, q_taps, slices)
             q_prior = F.interpolate(q_prob.unsqueeze(1), STATE_SIZE, mode="bilinear", align_corners=True)
             s_prior = F.interpolate(s_prob.unsqueeze(1), STATE_SIZE, mode="bilinear", align_corners=True)
     return q_logit

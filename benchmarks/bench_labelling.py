@@ -11,6 +11,11 @@ process with recipe weights (no download).
 (d) zero-shot, two branches: the same CAMs and features, but the support passed
     as a separate copy, so `refine` runs both branches as it did before sharing.
 
+With `--commands`, (a) and (b) run as whole `imrseg segment` commands on a folder
+of --queries images (fresh processes, each paying Python start-up and model
+loading once): one command with a --class per label against one --label command
+per class, with recipe weight files written to a temporary folder.
+
 With `--flops` the paths' work is counted instead of timed: GFLOP per query, from
 the counted pieces (a measure that does not depend on what else the machine runs).
 Otherwise each pair is timed in alternation, `--repeats` times, after a warm-up at the same
@@ -19,13 +24,18 @@ process CPU time (all threads: on a machine shared with other work the CPU time
 is the steadier measure of the work done). The LAST stdout line is one JSON object.
 
     python benchmarks/bench_labelling.py --queries 4 --steps 2
+    python benchmarks/bench_labelling.py --commands --queries 4 --steps 2
 """
 from __future__ import annotations
 
 import argparse
 import json
+import resource
+import shutil
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -41,7 +51,7 @@ from imrseg.transforms import network_input
 
 # The recipe weights are a test fixture: the same deterministic weights the golden outputs use.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from recipe import apply_recipe  # noqa: E402
+from recipe import apply_recipe, write_recipe_weight_files  # noqa: E402
 
 CLASSES = ["dog", "cat", "bird", "car"]
 
@@ -57,15 +67,21 @@ def images(count: int, seed: int) -> list[Image.Image]:
     return out
 
 
+def cpu_seconds() -> float:
+    """CPU time of this process and of its finished child processes (the commands)."""
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + children.ru_utime + children.ru_stime
+
+
 def timed(fn, device) -> tuple[float, float]:
     """(wall, CPU) seconds of fn()."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    wall, cpu = time.perf_counter(), time.process_time()
+    wall, cpu = time.perf_counter(), cpu_seconds()
     fn()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    return time.perf_counter() - wall, time.process_time() - cpu
+    return time.perf_counter() - wall, cpu_seconds() - cpu
 
 
 def batches(queries, batch_size):
@@ -98,6 +114,46 @@ def zero_shot(predictor, queries, batch_size, two_branches: bool) -> None:
             query = predictor.model.encode(predictor._inputs(batch))
             predictor.model.segment(query, cams, [(query.index(slice(None)), cams.clone())], predictor.steps,
                                     sizes, every_step=True)
+
+
+def command(folder: Path, device, steps: int, classes: list[str], separate: bool) -> None:
+    """`imrseg segment` over folder/queries, as fresh processes: one command with a
+    --class per label, or with `separate` one --label command per class."""
+    common = ["-q", folder / "queries", "--steps", steps, "--quiet", "--device", device.type,
+              "--weights", folder / "best_model.pt", "--clip-weights", folder / "clip_rn50.pt"]
+    if separate:
+        runs = [["--label", label, "-s", folder / f"{label}.jpg"] for label in classes]
+    else:
+        runs = [[arg for label in classes for arg in ("--class", f"{label}={folder / f'{label}.jpg'}")]]
+    for i, run in enumerate(runs):
+        out = folder / f"out{i}"
+        subprocess.run([sys.executable, "-m", "imrseg", "segment", *map(str, run + common), "-o", str(out)],
+                       check=True)
+        shutil.rmtree(out)
+
+
+def time_commands(device, steps: int, queries: int, repeats: int) -> dict:
+    """Whole commands on a small folder, with what a command pays once (Python start,
+    imports, loading the network and CLIP) in each: seconds per query of one command
+    for C classes against C commands, alternated `repeats` times (medians)."""
+    result = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        write_recipe_weight_files(folder)
+        (folder / "queries").mkdir()
+        for i, image in enumerate(images(queries, 1)):
+            image.save(folder / "queries" / f"q{i}.jpg", quality=95)
+        for label, image in zip(CLASSES, images(len(CLASSES), 2)):
+            image.save(folder / f"{label}.jpg", quality=95)
+        command(folder, device, steps, CLASSES[:1], separate=False)  # warm-up: files into the page cache
+        for count in (1, 2, 4):
+            labels = CLASSES[:count]
+            result[count] = alternate(lambda: command(folder, device, steps, labels, separate=False),
+                                      lambda: command(folder, device, steps, labels, separate=True),
+                                      ("one_command", "separate_commands"), repeats, device, queries)
+            print(f"{count} class(es) as commands: one vs separate, speedup {result[count]['wall']['speedup']:.2f}x "
+                  f"wall, {result[count]['cpu']['speedup']:.2f}x CPU", file=sys.stderr)
+    return result
 
 
 def gflop(fn) -> float:
@@ -166,10 +222,17 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--flops", action="store_true", help="count GFLOP per query instead of timing")
+    parser.add_argument("--commands", action="store_true",
+                        help="time whole `imrseg segment` commands on a folder of --queries images instead")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
+    if args.commands:
+        result = time_commands(device, args.steps, args.queries, args.repeats)
+        print(json.dumps({"device": str(device), "queries": args.queries, "steps": args.steps,
+                          "repeats": args.repeats, "commands": result}))
+        return
     batch_size = args.batch_size or (8 if device.type == "cuda" else 2)
 
     import open_clip

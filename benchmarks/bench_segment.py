@@ -121,7 +121,7 @@ def per_episode(net, clip, cam, vocabulary, queries, supports, steps, device):
         query_img = network_input(query)[None].to(device)
         shots = []
         for support_img, s_cam in zip(support_imgs, support_cams):
-            with torch.inference_mode():
+            with torch.no_grad():  # as their test script
                 took, logit = timed(lambda: authors_pipeline.forward(net, query_img, support_img, q_cam, s_cam,
                                                                      steps), device)
             seconds["network"].append(took)

@@ -59,8 +59,7 @@ def class_vocabulary(label: str, labels: Sequence[str], background: Sequence[str
     label and repeats left out): the names the label's CLIP softmax is taken over,
     so that each class's CAM is drawn away from the other classes asked for. With
     one label it is `background_vocabulary(label, background)`."""
-    others = [other for other in labels if other != label]
-    return background_vocabulary(label, [*others, *background_vocabulary(label, background)[1:]])
+    return background_vocabulary(label, background, first=[other for other in labels if other != label])
 
 
 def check_distinct_labels(labels: Sequence[str]) -> None:

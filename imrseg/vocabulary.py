@@ -60,12 +60,15 @@ def check_template(template: str) -> None:
                          f"({type(exc).__name__}: {exc}); {hint}") from None
 
 
-def background_vocabulary(label: str, background: Sequence[str] | None = None) -> list[str]:
-    """[label, competitors...]: `background` replaces the default PASCAL + COCO names.
-    InputError when it leaves the label no competitor (blank names do not count)."""
+def background_vocabulary(label: str, background: Sequence[str] | None = None,
+                          first: Sequence[str] = ()) -> list[str]:
+    """[label, competitors...]: `first` (the other classes of a run), then `background`,
+    which replaces the default PASCAL + COCO names. InputError when they leave the label
+    no competitor (blank names do not count)."""
     from .evaluation.classes import COCO_CLASSES, PASCAL_CLASSES
 
-    names = list(background) if background is not None else list(PASCAL_CLASSES) + list(COCO_CLASSES)
+    given = list(background) if background is not None else list(PASCAL_CLASSES) + list(COCO_CLASSES)
+    names = [*first, *given]
     out, seen = [label], {_norm(label)}
     for name in (n.strip() for n in names):
         if name and not _same_thing(name, label) and _norm(name) not in seen:

@@ -39,16 +39,9 @@ def recipe_clip():
 def recipe_weight_files(recipe_net, tmp_path_factory):
     """An authors'-format best_model.pt and a CLIP state dict file, both recipe weights,
     for the commands' --weights / --clip-weights."""
-    import open_clip
-    import torch
+    from recipe import write_recipe_weight_files
 
-    from recipe import apply_recipe
-
-    folder = tmp_path_factory.mktemp("weights")
-    net_file, clip_file = folder / "best_model.pt", folder / "clip_rn50.pt"
-    torch.save({f"module.{k}": v for k, v in recipe_net.state_dict().items()}, net_file)
-    torch.save(apply_recipe(open_clip.create_model("RN50-quickgelu", pretrained=None)).state_dict(), clip_file)
-    return {"weights": str(net_file), "clip": str(clip_file)}
+    return write_recipe_weight_files(tmp_path_factory.mktemp("weights"), recipe_net)
 
 
 def write_image(path: Path, size=(64, 48), seed: int = 0, **save_options) -> Path:

@@ -38,3 +38,20 @@ def recipe_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 def apply_recipe(model: torch.nn.Module) -> torch.nn.Module:
     model.load_state_dict(recipe_state_dict(model), strict=True)
     return model
+
+
+def write_recipe_weight_files(folder, net: torch.nn.Module | None = None) -> dict[str, str]:
+    """An authors'-format best_model.pt and a CLIP state dict file in `folder`, both
+    recipe weights, for the commands' --weights / --clip-weights."""
+    from pathlib import Path
+
+    import open_clip
+
+    from imrseg.models import IMRHSNet
+
+    net = net if net is not None else apply_recipe(IMRHSNet("resnet50"))
+    folder = Path(folder)
+    net_file, clip_file = folder / "best_model.pt", folder / "clip_rn50.pt"
+    torch.save({f"module.{k}": v for k, v in net.state_dict().items()}, net_file)
+    torch.save(apply_recipe(open_clip.create_model("RN50-quickgelu", pretrained=None)).state_dict(), clip_file)
+    return {"weights": str(net_file), "clip": str(clip_file)}

@@ -17,6 +17,7 @@ from conftest import write_image
 from imrseg.cam import check_label
 from imrseg.errors import InputError, Note
 from imrseg.images import load_mask
+from imrseg.labels import class_vocabulary
 from imrseg.runner.folder import load_supports
 from imrseg.runner.settings import ClassSpec
 from imrseg.vocabulary import background_vocabulary, check_template
@@ -72,6 +73,13 @@ def test_a_blank_or_full_drawn_mask_gets_a_note(tmp_path, value, what):
 def test_a_vocabulary_that_leaves_no_competitor_is_refused(vocab):
     with pytest.raises(InputError, match="--vocab leaves the label 'cat' nothing to compete with"):
         background_vocabulary("cat", vocab)
+
+
+def test_the_other_classes_of_a_run_are_competitors_even_when_vocab_names_only_the_label():
+    assert class_vocabulary("cat", ["cat", "dog"], ["cat"]) == ["cat", "dog"]
+    assert class_vocabulary("dog", ["cat", "dog"], ["cat", "bus"]) == ["dog", "cat", "bus"]
+    with pytest.raises(InputError, match="nothing to compete with"):
+        class_vocabulary("cat", ["cat"], ["cat"])
 
 
 def test_the_label_and_blank_names_leave_the_vocabulary():

@@ -59,6 +59,31 @@ def test_segment_two_ranks_equals_one_process(tmp_path, recipe_weight_files):
     assert not list((tmp_path / "two").glob(".results.rank*"))
 
 
+def test_sharded_multi_class_coco_run_equals_one_process(tmp_path, recipe_weight_files):
+    """Rank 0 exports after the merge, so annotations.json holds every rank's queries."""
+    from pycocotools.coco import COCO
+
+    queries = tmp_path / "q"
+    for i in range(5):
+        write_image(queries / f"img{i}.png", (48 + 4 * i, 40 + 2 * i), seed=20 + i)
+    supports = [write_image(tmp_path / f"s{i}.jpg", seed=30 + i) for i in range(2)]
+    common = ["segment", "--class", f"dog={supports[0]}", "--class", f"cat={supports[1]}", "-q", queries,
+              "--coco", "--steps", 1, "--quiet", "--device", "cpu",
+              "--weights", recipe_weight_files["weights"], "--clip-weights", recipe_weight_files["clip"]]
+    # One thread, as each rank has: the scores are then the same floats, not only close.
+    one = _single(*common, "-o", tmp_path / "one", env={"OMP_NUM_THREADS": "1"})
+    two = _torchrun(*common, "-o", tmp_path / "two")
+    assert one.returncode == 0, one.stderr
+    assert two.returncode == 0, two.stderr
+
+    single = json.loads((tmp_path / "one" / "annotations.json").read_text())
+    merged = json.loads((tmp_path / "two" / "annotations.json").read_text())
+    assert sorted(image["file_name"] for image in merged["images"]) == [f"img{i}.png" for i in range(5)]
+    assert merged["annotations"], "the recipe weights find objects in these images"
+    assert {**merged, "info": None} == {**single, "info": None}  # info names the folder
+    assert len(COCO(str(tmp_path / "two" / "annotations.json")).getAnnIds()) == len(merged["annotations"])
+
+
 def test_eval_two_ranks_equals_one_process(tmp_path, recipe_weight_files):
     data = tmp_path / "data"
     lines = _make_voc(data, {1: 3, 2: 3})

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ..errors import InputError
 from ..labels import check_class_count, check_distinct_labels
-from ..vocabulary import DEFAULT_TEMPLATE
+from ..vocabulary import DEFAULT_TEMPLATE, check_template
 from .batches import OutputOptions
 
 
@@ -97,8 +97,7 @@ class RunSettings:
                 raise InputError(f"no supports for {spec.label!r}: pass at least one --support image")
         check_class_count(len(self.classes))
         check_distinct_labels(self.labels)
-        if "{c}" not in self.prompt_template:
-            raise InputError(f"--prompt-template {self.prompt_template!r} has no {{c}} for the class name")
+        check_template(self.prompt_template)
         if self.steps is not None and self.steps < 1:
             raise InputError(f"--steps must be 1 or more, not {self.steps}")
         if self.batch_size is not None and self.batch_size < 1:
