@@ -39,9 +39,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
 
 from imrseg.cam import ClipCAM, openai_fp16_round_trip
 from imrseg.devices import resolve_device
@@ -49,22 +47,13 @@ from imrseg.models import IMRHSNet
 from imrseg.predictor import Predictor
 from imrseg.transforms import network_input
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 # The recipe weights are a test fixture: the same deterministic weights the golden outputs use.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from bench_segment import images  # noqa: E402
 from recipe import apply_recipe, write_recipe_weight_files  # noqa: E402
 
 CLASSES = ["dog", "cat", "bird", "car"]
-
-
-def images(count: int, seed: int) -> list[Image.Image]:
-    """Smooth random pictures of assorted sizes (photo-like, not white noise)."""
-    rng = np.random.default_rng(seed)
-    out = []
-    for _ in range(count):
-        w, h = int(rng.integers(320, 640)), int(rng.integers(240, 480))
-        small = rng.integers(0, 255, (h // 16 + 1, w // 16 + 1, 3), dtype=np.uint8)
-        out.append(Image.fromarray(small).resize((w, h), Image.BICUBIC))
-    return out
 
 
 def cpu_seconds() -> float:
