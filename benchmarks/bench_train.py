@@ -2,10 +2,11 @@
 training computation, on the same weights and batch, in one process.
 
 (a) the authors' train.py step, emulated on imrseg's modules with the pieces of
-    benchmarks/authors_pipeline.py: both backbones, then at every refinement step
-    both branches, the features masked, the full cosine correlation recomputed,
-    HSNet's channel-major 4D convolutions and the IMR gates over the whole
-    concatenation; the loss of Eq. 7 as their compute_objective sums it;
+    benchmarks/authors_pipeline.py: both backbones (as their feature extraction,
+    each tap copied), then at every refinement step both branches, with both
+    branches' correlation pyramids built before the step, the features masked, the
+    full cosine correlation recomputed, HSNet's channel-major 4D convolutions and
+    the IMR gates over the whole concatenation; the loss of Eq. 7 as their compute_objective sums it;
 (b) imrseg: `IMRHSNet.loss` (each pair's cosine once, the steps' masks as
     per-position factors, channels-last 4D convolutions, the gates' mid-feature
     share once per image).
@@ -34,7 +35,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 # The recipe weights are a test fixture: the same deterministic weights the golden outputs use.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from authors_pipeline import _correlation, _hpn, _imr_step, _mask  # noqa: E402
+from authors_pipeline import _correlation, _hpn, _imr_step, _mask, _taps  # noqa: E402
 from bench_segment import PeakMemory, timed  # noqa: E402
 
 from imrseg.devices import resolve_device  # noqa: E402
@@ -48,22 +49,21 @@ def authors_loss(net, query_img, support_img, query_cam, support_cam, query_mask
     """Their forward with query_mask given (hsnet_imr.py): the first correlation under
     no-grad, every step's logits upsampled to the image size and scored, summed."""
     with torch.no_grad():
-        q_taps = extract_taps(net.backbone_name, net.backbone, query_img)
-        s_taps = extract_taps(net.backbone_name, net.backbone, support_img)
+        q_taps, s_taps = _taps(net, query_img), _taps(net, support_img)
         slices = stage_slices(net.spec, len(q_taps))
         q_mid_raw = F.interpolate(sum(q_taps[slices[1]]), STATE_SIZE, mode="bilinear", align_corners=True)
         s_mid_raw = F.interpolate(sum(s_taps[slices[1]]), STATE_SIZE, mode="bilinear", align_corners=True)
         _mask(q_taps, support_cam)
         _mask(s_taps, query_cam)
+        # Both branches' correlation pyramids are built before a step and held through it.
+        q_corr, s_corr = _correlation(q_taps, s_taps, slices), _correlation(s_taps, q_taps, slices)
     mids = [net.conv1024_512(m) if hasattr(net, "conv1024_512") else m for m in (q_mid_raw, s_mid_raw)]
     q_prior, s_prior = query_cam.unsqueeze(1), support_cam.unsqueeze(1)
     q_state = s_state = net.state.expand(query_img.shape[0], -1, -1, -1)
     loss = 0
     for step in range(steps):
-        q_logit, q_state = _imr_step(net, _hpn(net.hpn_learner, _correlation(q_taps, s_taps, slices)), mids[0],
-                                     q_prior, q_state)
-        s_logit, s_state = _imr_step(net, _hpn(net.hpn_learner, _correlation(s_taps, q_taps, slices)), mids[1],
-                                     s_prior, s_state)
+        q_logit, q_state = _imr_step(net, _hpn(net.hpn_learner, q_corr), mids[0], q_prior, q_state)
+        s_logit, s_state = _imr_step(net, _hpn(net.hpn_learner, s_corr), mids[1], s_prior, s_state)
         for logit, mask in ((q_logit, query_mask), (s_logit, support_mask)):
             full = F.interpolate(logit, mask.shape[-2:], mode="bilinear", align_corners=True)
             loss = loss + F.cross_entropy(full.flatten(2), mask.flatten(1))
@@ -71,6 +71,7 @@ def authors_loss(net, query_img, support_img, query_cam, support_cam, query_mask
             q_prob, s_prob = q_logit.softmax(1)[:, 1], s_logit.softmax(1)[:, 1]
             _mask(q_taps, q_prob)
             _mask(s_taps, s_prob)
+            q_corr, s_corr = _correlation(q_taps, s_taps, slices), _correlation(s_taps, q_taps, slices)
             q_prior = F.interpolate(q_prob.unsqueeze(1), STATE_SIZE, mode="bilinear", align_corners=True)
             s_prior = F.interpolate(s_prob.unsqueeze(1), STATE_SIZE, mode="bilinear", align_corners=True)
     return loss
