@@ -4,6 +4,7 @@ reproducible without downloading anything; as segmentations they are noise."""
 from __future__ import annotations
 
 import zlib
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -43,8 +44,6 @@ def apply_recipe(model: torch.nn.Module) -> torch.nn.Module:
 def write_recipe_weight_files(folder, net: torch.nn.Module | None = None) -> dict[str, str]:
     """An authors'-format best_model.pt and a CLIP state dict file in `folder`, both
     recipe weights, for the commands' --weights / --clip-weights."""
-    from pathlib import Path
-
     import open_clip
 
     from imrseg.models import IMRHSNet

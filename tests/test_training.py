@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from imrseg.errors import InputError
+from imrseg.errors import InputError, Note
 from imrseg.evaluation.cam_cache import CamSource
 from imrseg.evaluation.folder import open_folder
 from imrseg.evaluation.loop import EvalSettings, evaluate
@@ -165,7 +165,6 @@ def test_micro_batches_make_the_same_step(shapes):
 def test_out_of_memory_halves_the_forward_passes(shapes, tmp_path, monkeypatch):
     """A forward pass of 2 that runs out of GPU memory (faked here) is redone as two of 1:
     the same steps, said once."""
-    from imrseg.errors import Note
     from imrseg.training import loop
 
     _, normal, normal_log = _fit(shapes, tmp_path / "normal", epochs=1)

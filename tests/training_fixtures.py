@@ -52,8 +52,8 @@ def make_shapes(root: Path, per_class: int = 4, size: tuple[int, int] = (96, 80)
 class MaskCam:
     """What CamSource needs of a ClipCAM: `template`, `mode` and the call. The map is
     the class colour's mask, area-resized to `size`, blurred, scaled to a peak of 1
-    and raised to the 6th power, with noise (seeded by the image): like a Grad-CAM it fires on the
-    object's core, so CAM >= 0.5 is a rough, too small mask."""
+    and raised to the 6th power, with noise (seeded by the image): like a Grad-CAM
+    it fires on the object's core, so CAM >= 0.5 is a rough, too small mask."""
 
     template, mode = "a photo of a {c}", "official"
 
