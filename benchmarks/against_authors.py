@@ -35,11 +35,11 @@ import open_clip
 import torch
 from torchvision.models import resnet50
 
-from imrseg.cam import openai_fp16_round_trip
-from imrseg.evaluation.classes import PASCAL_CLASSES
+from imrseg.clip.cam import openai_fp16_round_trip
+from imrseg.data.classes import PASCAL_CLASSES
 from imrseg.models import IMRHSNet
 from imrseg.transforms import clip_input, network_input
-from imrseg.vocabulary import DEFAULT_TEMPLATE, background_vocabulary
+from imrseg.clip.vocabulary import DEFAULT_TEMPLATE, background_vocabulary
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))

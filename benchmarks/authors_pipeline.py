@@ -25,7 +25,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from imrseg.cam import postprocess_cam
+from imrseg.clip.cam import postprocess_cam
 from imrseg.models.backbone import VGG_TAPS, stage_slices
 from imrseg.models.conv4d import CenterPivotConv4d
 from imrseg.models.imr import LOGIT_SIZE, STATE_SIZE

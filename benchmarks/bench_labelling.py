@@ -41,7 +41,7 @@ from pathlib import Path
 
 import torch
 
-from imrseg.cam import ClipCAM, openai_fp16_round_trip
+from imrseg.clip.cam import ClipCAM, openai_fp16_round_trip
 from imrseg.devices import resolve_device
 from imrseg.models import IMRHSNet
 from imrseg.predictor import Predictor

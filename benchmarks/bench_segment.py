@@ -34,13 +34,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from imrseg.cam import ClipCAM, openai_fp16_round_trip
+from imrseg.clip.cam import ClipCAM, openai_fp16_round_trip
 from imrseg.devices import check_precision, resolve_device
-from imrseg.evaluation.classes import PASCAL_CLASSES
+from imrseg.data.classes import PASCAL_CLASSES
 from imrseg.models import IMRHSNet
 from imrseg.predictor import Predictor
 from imrseg.transforms import network_input
-from imrseg.vocabulary import background_vocabulary
+from imrseg.clip.vocabulary import background_vocabulary
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 # The recipe weights are a test fixture: the same deterministic weights the golden outputs use.

@@ -5,7 +5,7 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "IMRHSNet": "imrseg.models",
-    "ClipCAM": "imrseg.cam",
+    "ClipCAM": "imrseg.clip.cam",
     "Predictor": "imrseg.predictor",
 }
 

@@ -22,11 +22,12 @@ from PIL import Image
 
 from .devices import autocast, check_precision, resolve_device
 from .errors import InputError
-from .labels import check_class_count, check_distinct_labels, class_vocabulary, index_mask
+from .clip.vocabulary import class_vocabulary
+from .multiclass import check_class_count, check_distinct_labels, index_mask
 from .models import IMRHSNet
 from .scores import query_score
 from .transforms import CAM_SIZE, mask_to_cam, network_input
-from .vocabulary import DEFAULT_TEMPLATE
+from .clip.vocabulary import DEFAULT_TEMPLATE
 
 
 @dataclass
@@ -112,7 +113,7 @@ class Predictor:
         """A ready predictor from weight specs (see `imrseg.hub`): `weights` any
         `--weights` spec (default: the registry's default checkpoint), `clip` any
         `--clip-weights` spec (default: OpenAI's RN50). `steps` None: the checkpoint's."""
-        from .cam import ClipCAM
+        from .clip.cam import ClipCAM
         from .hub import resolve_clip, resolve_steps, resolve_weights
 
         torch_device = resolve_device(device) if isinstance(device, str) else torch.device(device)

@@ -28,7 +28,7 @@ def recipe_net():
 def recipe_clip():
     import open_clip
 
-    from imrseg.cam import openai_fp16_round_trip
+    from imrseg.clip.cam import openai_fp16_round_trip
     from recipe import apply_recipe
 
     model = open_clip.create_model("RN50-quickgelu", pretrained=None)

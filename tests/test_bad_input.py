@@ -14,13 +14,13 @@ import pytest
 from PIL import Image
 
 from conftest import write_image
-from imrseg.cam import check_label
+from imrseg.clip.cam import check_label
 from imrseg.errors import InputError, Note
 from imrseg.images import load_mask
-from imrseg.labels import class_vocabulary
+from imrseg.clip.vocabulary import class_vocabulary
 from imrseg.runner.folder import load_supports
 from imrseg.runner.settings import ClassSpec
-from imrseg.vocabulary import background_vocabulary, check_template
+from imrseg.clip.vocabulary import background_vocabulary, check_template
 
 SIZE = (40, 30)
 
@@ -111,7 +111,7 @@ def test_good_templates_pass():
 
 
 def test_clip_cam_checks_its_template(recipe_clip):
-    from imrseg.cam import ClipCAM
+    from imrseg.clip.cam import ClipCAM
 
     with pytest.raises(InputError, match="has {x}"):
         ClipCAM(recipe_clip, template="{c} {x}")

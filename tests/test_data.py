@@ -17,11 +17,11 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from imrseg.evaluation import splits
-from imrseg.evaluation.datasets import BenchmarkData, ground_truth, nearest_resize
-from imrseg.evaluation.episodes import sample_episodes
-from imrseg.evaluation.safe_pickle import safe_loads
-from imrseg.evaluation.splits import Split, download_split, load_split, locate_split
+from imrseg.data import splits
+from imrseg.data.datasets import BenchmarkData, ground_truth, nearest_resize
+from imrseg.data.episodes import sample_episodes
+from imrseg.data.safe_pickle import safe_loads
+from imrseg.data.splits import Split, download_split, load_split, locate_split
 from imrseg.errors import ImrsegError, InputError
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "splits"

@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from imrseg import durable, outputs
+from imrseg import durable
+from imrseg.outputs.masks import save_mask_png
 from imrseg.errors import ImrsegError, InputError
 
 
@@ -71,7 +72,7 @@ def test_failed_rename_leaves_no_temporary(tmp_path, monkeypatch):
 
     monkeypatch.setattr(durable.os, "replace", crash)
     with pytest.raises(KeyboardInterrupt):
-        outputs.save_mask_png(tmp_path / "m.png", np.ones((4, 4), bool))
+        save_mask_png(tmp_path / "m.png", np.ones((4, 4), bool))
     assert list(tmp_path.iterdir()) == []
 
 

@@ -8,8 +8,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from authors_reference import predict_mask_nshot
-from imrseg.cam import ClipCAM
-from imrseg.evaluation.classes import PASCAL_CLASSES
+from imrseg.clip.cam import ClipCAM
+from imrseg.data.classes import PASCAL_CLASSES
 
 TOL = 1e-4
 

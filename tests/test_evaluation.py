@@ -12,10 +12,10 @@ from PIL import Image
 
 from authors_reference import predict_mask_nshot
 from imrseg.errors import InputError
-from imrseg.evaluation import splits
-from imrseg.evaluation.cam_cache import CamSource
-from imrseg.evaluation.datasets import BenchmarkData, ground_truth
-from imrseg.evaluation.episodes import Episode, sample_episodes
+from imrseg.data import splits
+from imrseg.clip.cache import CamSource
+from imrseg.data.datasets import BenchmarkData, ground_truth
+from imrseg.data.episodes import Episode, sample_episodes
 from imrseg.evaluation.loop import EvalSettings, evaluate
 from imrseg.evaluation.metrics import IoUMeter, intersection_union
 from imrseg.evaluation.state import RunState

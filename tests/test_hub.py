@@ -19,8 +19,8 @@ from huggingface_hub import constants as hf_constants
 from safetensors.torch import load, load_file, save, save_file
 
 from imrseg import hub, paths
-from imrseg.hub import download, publish
-from imrseg.evaluation.classes import COCO_CLASSES, NUM_FOLDS, PASCAL_CLASSES, fold_class_names
+from imrseg.hub import card, download, publish
+from imrseg.data.classes import COCO_CLASSES, NUM_FOLDS, PASCAL_CLASSES, fold_class_names
 from imrseg.errors import CheckpointError, ImrsegError, NetworkError
 from imrseg.models import IMRHSNet
 from recipe import recipe_state_dict
@@ -175,7 +175,7 @@ def patch_entry(monkeypatch, name: str | None = NAME, **changes) -> None:
     entries = {n: dataclasses.replace(e, **changes) if name in (None, n) else e
                for n, e in registry.entries.items()}
     patched = hub.Registry(registry.paper, entries)
-    for module in (hub, hub.weights, publish):  # every module that reads the registry
+    for module in (hub, hub.weights, card):  # every module that reads the registry
         monkeypatch.setattr(module, "load_registry", lambda: patched)
 
 

@@ -18,12 +18,14 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from typer.testing import CliRunner
 
-from imrseg.coco import ANNOTATIONS_FILE, export_coco
+from imrseg.outputs.coco import ANNOTATIONS_FILE, export_coco
 from imrseg.durable import ResultsLog
-from imrseg.gallery import GALLERY_FILE, THUMBS, build_gallery
-from imrseg.labels import (class_colour, index_mask, label_slugs, read_index_mask, save_index_png,
-                           save_labelled_overlay, voc_palette)
-from imrseg.outputs import save_mask_png
+from imrseg.outputs.gallery import GALLERY_FILE, THUMBS, build_gallery
+from imrseg.multiclass import index_mask
+from imrseg.outputs.masks import read_index_mask, save_index_png, save_mask_png
+from imrseg.outputs.naming import label_slugs
+from imrseg.outputs.overlay import save_overlay
+from imrseg.outputs.palette import class_colour, voc_palette
 
 LABELS = ["dog", "traffic cone"]
 
@@ -60,7 +62,7 @@ def test_labelled_overlay_colours_each_class_and_has_a_legend(tmp_path):
     picture = np.full((120, 160, 3), 128, np.uint8)
     index = np.zeros((60, 80), np.uint8)  # half size: resized to the picture
     index[30:55, 5:35], index[30:55, 45:75] = 1, 2
-    save_labelled_overlay(tmp_path / "o.jpg", picture, index, LABELS)
+    save_overlay(tmp_path / "o.jpg", picture, index, LABELS)
     out = np.asarray(Image.open(tmp_path / "o.jpg")).astype(int)
     assert out.shape == (120, 160, 3)
     for i, (y, x) in ((1, (85, 40)), (2, (85, 120))):
@@ -95,7 +97,7 @@ def labelled_folder(tmp_path: Path) -> Path:
         (queries / name).parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(np.full(mask.shape + (3,), 90, np.uint8)).save(queries / name)
         save_index_png(out / f"{stem}.png", mask)
-        save_labelled_overlay(out / f"{stem}_overlay.jpg", np.full(mask.shape + (3,), 90, np.uint8), mask, LABELS)
+        save_overlay(out / f"{stem}_overlay.jpg", np.full(mask.shape + (3,), 90, np.uint8), mask, LABELS)
         classes = {label: {"fraction": float((mask == i).mean()), "score": 0.5 + 0.1 * i}
                    for i, label in enumerate(LABELS, start=1)}
         score = min([c["score"] for c in classes.values() if c["fraction"] > 0], default=0.0)

@@ -9,9 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
-from imrseg.cam import ClipCAM
+from imrseg.clip.cam import ClipCAM
 from imrseg.models import refine_and_vote
-from imrseg.labels import class_vocabulary
+from imrseg.clip.vocabulary import class_vocabulary
 from imrseg.predictor import Predictor
 from imrseg.transforms import network_input
 

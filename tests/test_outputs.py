@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from conftest import write_image
-from imrseg import outputs
+from imrseg.outputs import masks, naming as outputs
+from imrseg.outputs.overlay import save_overlay
 from imrseg.errors import InputError
 
 
@@ -121,18 +122,18 @@ def test_plan_never_overwrites(names):
 def test_save_mask_png(tmp_path):
     mask = np.zeros((5, 7), bool)
     mask[1:3, 2:6] = True
-    outputs.save_mask_png(tmp_path / "m.png", mask)
+    masks.save_mask_png(tmp_path / "m.png", mask)
     with Image.open(tmp_path / "m.png") as im:
         assert im.mode == "L" and im.size == (7, 5)
         a = np.asarray(im)
     assert set(np.unique(a)) == {0, 255}
     assert np.array_equal(a == 255, mask)
     with pytest.raises(ValueError, match="2-D"):
-        outputs.save_mask_png(tmp_path / "bad.png", np.zeros((2, 2, 3)))
+        masks.save_mask_png(tmp_path / "bad.png", np.zeros((2, 2, 3)))
 
 
 def test_save_gray_png(tmp_path):
-    outputs.save_gray_png(tmp_path / "p.png", np.array([[0.0, 0.5, 1.0, 2.0, -1.0, np.nan]]))
+    masks.save_gray_png(tmp_path / "p.png", np.array([[0.0, 0.5, 1.0, 2.0, -1.0, np.nan]]))
     with Image.open(tmp_path / "p.png") as im:
         assert im.mode == "L"
         assert list(np.asarray(im)[0]) == [0, 128, 255, 255, 0, 0]
@@ -140,7 +141,7 @@ def test_save_gray_png(tmp_path):
 
 def test_save_heatmap_png(tmp_path):
     cam = np.array([[0.0, 1.0]], np.float32)
-    outputs.save_heatmap_png(tmp_path / "c.png", cam, (40, 10))
+    masks.save_heatmap_png(tmp_path / "c.png", cam, (40, 10))
     with Image.open(tmp_path / "c.png") as im:
         assert im.mode == "RGB" and im.size == (40, 10)
         a = np.asarray(im).astype(int)
@@ -148,18 +149,18 @@ def test_save_heatmap_png(tmp_path):
     assert a[5, 39, 0] > 100 and a[5, 39, 2] < 50  # high: red
 
 
-def test_save_overlay_jpg(tmp_path):
+def test_save_overlay(tmp_path):
     image = Image.new("RGB", (60, 40), (0, 0, 255))
     mask = np.zeros((80, 120), bool)  # full-size mask, twice the picture
     mask[20:60, 30:90] = True
-    outputs.save_overlay_jpg(tmp_path / "o.jpg", image, mask)
+    save_overlay(tmp_path / "o.jpg", image, mask)
     with Image.open(tmp_path / "o.jpg") as im:
         assert im.format == "JPEG" and im.size == (60, 40)
         a = np.asarray(im).astype(int)
     assert a[20, 30, 0] > 80  # tinted inside
     assert np.abs(a[2, 2] - (0, 0, 255)).max() < 20  # untouched outside
     assert a[10, 30, 0] > 150 and a[10, 30, 1] > 150  # yellow contour on the top edge
-    outputs.save_overlay_jpg(tmp_path / "o2.jpg", np.asarray(image), mask[::2, ::2])
+    save_overlay(tmp_path / "o2.jpg", np.asarray(image), mask[::2, ::2])
     assert (tmp_path / "o2.jpg").stat().st_size > 0
 
 
@@ -167,12 +168,12 @@ def test_completed_outputs(tmp_path):
     stem = tmp_path / "out" / "a"
     required = (outputs.MASK_SUFFIX, outputs.OVERLAY_SUFFIX)
     assert not outputs.completed_outputs(stem, required)
-    outputs.save_mask_png(outputs.output_path(stem, outputs.MASK_SUFFIX), np.ones((2, 2), bool))
+    masks.save_mask_png(outputs.output_path(stem, outputs.MASK_SUFFIX), np.ones((2, 2), bool))
     assert not outputs.completed_outputs(stem, required)
     outputs.output_path(stem, outputs.OVERLAY_SUFFIX).write_bytes(b"")
     assert not outputs.completed_outputs(stem, required)
     overlay = outputs.output_path(stem, outputs.OVERLAY_SUFFIX)
-    outputs.save_overlay_jpg(overlay, Image.new("RGB", (2, 2)), np.ones((2, 2)))
+    save_overlay(overlay, Image.new("RGB", (2, 2)), np.ones((2, 2)))
     assert outputs.completed_outputs(stem, required)
     overlay.rename(tmp_path / "elsewhere.jpg")
     overlay.symlink_to(tmp_path / "elsewhere.jpg")  # a link is not an output imrseg wrote

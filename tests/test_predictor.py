@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from imrseg.cam import ClipCAM
+from imrseg.clip.cam import ClipCAM
 from imrseg.models import vote
 from imrseg.predictor import Predictor
 

@@ -14,10 +14,10 @@ import torch
 from PIL import Image
 
 from imrseg.errors import InputError, Note
-from imrseg.evaluation.cam_cache import CamSource
-from imrseg.evaluation.folder import open_folder
+from imrseg.clip.cache import CamSource
+from imrseg.data.folder import open_folder
 from imrseg.evaluation.loop import EvalSettings, evaluate
-from imrseg.evaluation.training_episodes import training_episodes
+from imrseg.data.training_episodes import training_episodes
 from imrseg.models import IMRHSNet
 from imrseg.training.checkpoints import RunFolder
 from imrseg.training.data import EpisodeLoader

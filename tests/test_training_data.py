@@ -19,11 +19,11 @@ import torch.nn.functional as F
 from PIL import Image
 
 from imrseg.errors import InputError
-from imrseg.evaluation import training_episodes as te
-from imrseg.evaluation.classes import fold_classes
-from imrseg.evaluation.datasets import BenchmarkData
-from imrseg.evaluation.episodes import sample_episodes
-from imrseg.evaluation.folder import FSS_SHA256, FolderData, folder_vocabulary, open_fss, open_folder
+from imrseg.data import training_episodes as te
+from imrseg.data.classes import fold_classes
+from imrseg.data.datasets import BenchmarkData
+from imrseg.data.episodes import sample_episodes
+from imrseg.data.folder import FSS_SHA256, FolderData, folder_vocabulary, open_fss, open_folder
 from imrseg.transforms import network_input
 from training_fixtures import SHAPES, make_shapes
 

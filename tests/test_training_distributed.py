@@ -24,8 +24,8 @@ def probe(folder: Path) -> None:
     """Train one epoch (3 steps of 2 episodes) in `folder`/run<world>; rank 0 saves the
     losses, the first step's gradients and the validation figures."""
     from imrseg.distributed import current_shard, start, stop
-    from imrseg.evaluation.cam_cache import CamSource
-    from imrseg.evaluation.folder import open_folder
+    from imrseg.clip.cache import CamSource
+    from imrseg.data.folder import open_folder
     from imrseg.models import IMRHSNet
     from imrseg.training.checkpoints import RunFolder
     from imrseg.training.data import EpisodeLoader

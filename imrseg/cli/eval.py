@@ -11,7 +11,7 @@ import typer
 
 from ..errors import InputError
 from . import app
-from ..evaluation.classes import BENCHMARK_TITLES, NUM_FOLDS
+from ..data.classes import BENCHMARK_TITLES, NUM_FOLDS
 from .options import Backbone, BatchSizeOption, ClipWeightsOption, DeviceOption, HubNamespaceOption, StepsOption, WeightsOption
 
 FOLDS = tuple(str(f) for f in range(NUM_FOLDS)) + ("all",)
@@ -104,8 +104,8 @@ def eval_command(
     Same episodes, metrics and resolution; an interrupted run resumes when
     started again with the same arguments. Without --weights each fold uses
     its own registry checkpoint; with it, every fold uses those weights."""
-    from ..evaluation.datasets import BenchmarkData
-    from ..evaluation.splits import load_split
+    from ..data.datasets import BenchmarkData
+    from ..data.splits import load_split
     from ..hub import locate_weights
     from ..paths import cache_root
 
@@ -115,7 +115,7 @@ def eval_command(
     if report is not None:
         _check_report(report)
     if benchmark is EvalBenchmark.fss:
-        from ..evaluation.folder import open_fss
+        from ..data.folder import open_fss
 
         data, fss_split = open_fss(data_root, splits)
     else:
@@ -133,12 +133,12 @@ def eval_command(
 
     from rich.console import Console
 
-    from ..cam import ClipCAM
+    from ..clip.cam import ClipCAM
     from ..devices import default_batch_size, resolve_device
     from ..distributed import current_shard, start, stop
     from ..durable import file_sha256
-    from ..evaluation.cam_cache import CamSource
-    from ..evaluation.classes import BENCHMARK_CLASSES, paper_steps
+    from ..clip.cache import CamSource
+    from ..data.classes import BENCHMARK_CLASSES, paper_steps
     from ..evaluation.loop import EvalSettings
     from ..evaluation.state import RunState
     from ..hub import resolve_clip, resolve_steps, resolve_weights

@@ -24,7 +24,7 @@ def export(
 ) -> None:
     """Export a finished output folder's masks as dataset annotations (COCO), as
     `segment --coco` does at the end of a run."""
-    from ..coco import export_coco
+    from ..outputs.coco import export_coco
     from ..durable import FolderLock
     from ..errors import InputError, show_path
 

@@ -23,7 +23,7 @@ def gallery(out: Annotated[Path, typer.Argument(help="An output folder of imrseg
     --gallery` writes the same page at the end of a run."""
     from ..durable import FolderLock
     from ..errors import InputError, show_path
-    from ..gallery import build_gallery
+    from ..outputs.gallery import build_gallery
 
     if not out.is_dir():
         raise InputError(f"{show_path(out)}: not a folder; give the --out folder of a run")

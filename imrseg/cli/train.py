@@ -119,7 +119,7 @@ def _open_data(benchmark: str, fold: int | None, data_root: Path, splits: Path |
         if fold is not None:
             raise InputError("--fold is for pascal and coco; a folder's validation classes are --val-classes "
                              "or --val-share")
-        from ..evaluation.folder import open_folder
+        from ..data.folder import open_folder
 
         names = [n.strip() for v in val_classes or [] for n in v.split(",") if n.strip()]
         data, split, val = open_folder(data_root, names or None, val_share)
@@ -129,10 +129,10 @@ def _open_data(benchmark: str, fold: int | None, data_root: Path, splits: Path |
     if val_classes or val_share is not None:
         raise InputError("--val-classes and --val-share are for --benchmark folder; pascal and coco validate on "
                          "the test fold")
-    from ..evaluation.classes import BENCHMARK_CLASSES, fold_class_names
-    from ..evaluation.datasets import BenchmarkData
-    from ..evaluation.splits import load_split
-    from ..evaluation.training_episodes import load_training_split
+    from ..data.classes import BENCHMARK_CLASSES, fold_class_names
+    from ..data.datasets import BenchmarkData
+    from ..data.splits import load_split
+    from ..data.training_episodes import load_training_split
 
     data = BenchmarkData.open(benchmark, data_root)
     split, val = load_training_split(benchmark, fold, splits), load_split(benchmark, fold, splits)
@@ -143,9 +143,9 @@ def _open_data(benchmark: str, fold: int | None, data_root: Path, splits: Path |
 
 
 def _train(a: dict, shard, device, eval_batch: int) -> None:
-    from ..cam import ClipCAM
+    from ..clip.cam import ClipCAM
     from ..durable import file_sha256
-    from ..evaluation.cam_cache import CamSource
+    from ..clip.cache import CamSource
     from ..hub import resolve_clip
     from ..models import IMRHSNet
     from ..paths import cache_root

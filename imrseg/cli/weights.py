@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from . import app
-from ..evaluation.classes import BENCHMARK_TITLES, NUM_FOLDS
+from ..data.classes import BENCHMARK_TITLES, NUM_FOLDS
 from .options import Benchmark, ClipWeightsOption, HubNamespaceOption, JsonOption
 
 weights_app = typer.Typer(

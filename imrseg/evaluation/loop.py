@@ -20,12 +20,12 @@ from ..errors import InputError
 from ..models import IMRHSNet
 from ..models.imr_hsnet import INPUT_SIZE
 from ..transforms import network_input
-from .cam_cache import CamSource
-from .classes import paper_steps
-from .datasets import BenchmarkData, ground_truth
-from .episodes import Episode, sample_episodes
+from ..clip.cache import CamSource
+from ..data.classes import paper_steps
+from ..data.datasets import BenchmarkData, ground_truth
+from ..data.episodes import Episode, sample_episodes
 from .metrics import IoUMeter, intersection_union
-from .splits import Split
+from ..data.splits import Split
 from .state import STATE_VERSION, RunState
 
 METHODS = ("imr", "cam")

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from ..distributed import Shard, all_sum
-from .classes import BENCHMARK_CLASSES
+from ..data.classes import BENCHMARK_CLASSES
 
 
 def intersection_union(pred: np.ndarray, gt: np.ndarray, ignore: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

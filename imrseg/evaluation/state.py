@@ -10,7 +10,7 @@ import numpy as np
 
 from ..durable import ResultsLog, read_results
 from ..errors import InputError
-from .episodes import Episode
+from ..data.episodes import Episode
 
 STATE_VERSION = 1
 

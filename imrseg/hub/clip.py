@@ -135,7 +135,7 @@ def resolve_clip(spec: str | None = None, device="cpu"):
     except Exception as exc:  # a file of any kind: open_clip, torch and safetensors raise many types
         raise _load_error(source, weights, exc) from None
     if model_name == DEFAULT_CLIP_MODEL:
-        from ..cam import openai_fp16_round_trip
+        from ..clip.cam import openai_fp16_round_trip
 
         openai_fp16_round_trip(model)  # as the authors' clip.load (no-op for OpenAI's own weights)
     info = ClipInfo(spec=source.spec, kind=source.kind, model_name=model_name, path=str(weights),

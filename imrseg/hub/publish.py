@@ -6,11 +6,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ..data.classes import BENCHMARK_CLASSES, BENCHMARK_TITLES, NUM_FOLDS, fold_class_names, paper_steps
 from ..errors import ImrsegError, NetworkError, one_line
-from ..evaluation.classes import (BENCHMARK_CLASSES, BENCHMARK_TITLES, NUM_FOLDS, PAPER_TABLES, fold_class_names,
-                                  paper_steps)
+from .card import CARD_MARK, imported_card
 from .download import hf_endpoint, is_busy
-from .registry import load_registry
 from .weights import CONFIG_FILE, WEIGHTS_FILE, WeightsInfo, build_model, resolve_weights
 
 
@@ -47,46 +46,8 @@ def import_official(checkpoint: str | os.PathLike, out: str | os.PathLike, bench
         os.chmod(out / name, 0o666 & ~umask)
     _, info = resolve_weights(str(out))
     # save_pretrained wrote the mixin's generic card; ours says where the weights come from.
-    (out / "README.md").write_text(model_card(info), encoding="utf-8")
+    (out / "README.md").write_text(imported_card(info), encoding="utf-8")
     return info
-
-
-def model_card(info: WeightsInfo, repo_id: str = "<repo id>") -> str:
-    """The README.md of a published checkpoint: source, paper, the fold's classes and the paper's figure."""
-    from huggingface_hub import ModelCardData
-
-    registry = load_registry()
-    paper = registry.paper
-    entry = registry.find(info.backbone, info.benchmark, info.fold)
-    benchmark = BENCHMARK_TITLES.get(info.benchmark, "unknown benchmark")
-    fold = f"fold {info.fold}" if info.fold is not None else "unknown fold"
-    figure = (f"{entry.paper_miou:.1f} ({PAPER_TABLES[info.benchmark]} of the paper)"
-              if entry and entry.paper_miou is not None else "not recorded")
-    source = entry.source if entry else "not recorded"
-    classes = ", ".join(info.class_names) if info.class_names else "unknown"
-    data = ModelCardData(library_name="imrseg", pipeline_tag="image-segmentation",
-                         tags=["few-shot-segmentation", "imr-hsnet", "pytorch_model_hub_mixin"])
-    return "\n".join([
-        "---", data.to_yaml(), "---", "",
-        f"# IMR-HSNet, {info.backbone} backbone, {benchmark} {fold}", "",
-        f"The authors' weights of IMR-HSNet from *{paper['title']}* ({paper['authors']}, {paper['venue']}, "
-        f"[arXiv:{paper['arxiv']}](https://arxiv.org/abs/{paper['arxiv']})), converted without change from "
-        f"their `best_model.pt` ({source}) to safetensors with `imrseg weights import`. "
-        f"Code of the paper: {paper['code']}.", "",
-        "| | |", "|---|---|",
-        f"| backbone | {info.backbone} |",
-        f"| benchmark | {benchmark} |",
-        f"| test fold | {info.fold if info.fold is not None else 'unknown'} |",
-        f"| refinement steps | {info.steps} |",
-        f"| the fold's classes | {classes} |",
-        f"| 1-shot mIoU (%) in the paper | {figure} |",
-        f"| sha256 of {WEIGHTS_FILE} | `{info.sha256}` |", "",
-        "## Use", "",
-        "```bash", "pip install imrseg", f"imrseg weights info {repo_id}", "```", "",
-        "```python", "from imrseg.models import IMRHSNet", "",
-        f'model = IMRHSNet.from_pretrained("{repo_id}")', "```", "",
-        "## Citation", "",
-        f"Wang et al., {paper['title']}, {paper['venue']}, doi:{paper['doi']}.", ""])
 
 
 def push_folder(folder: str | os.PathLike, repo_id: str, private: bool = False) -> tuple[str, str, str]:
@@ -100,12 +61,11 @@ def push_folder(folder: str | os.PathLike, repo_id: str, private: bool = False) 
     if not folder.is_dir():
         raise ImrsegError(f"{folder}: not a folder; convert an authors' best_model.pt with `imrseg weights import`")
     _, info = resolve_weights(str(folder))  # refuse to publish anything that does not load
-    from ..training.card import CARD_MARK
 
     # A run's best/ (`imrseg train`) carries its own card: what was trained and its validation figures.
     own = folder / "README.md"
     trained = own.is_file() and CARD_MARK in own.read_text(encoding="utf-8", errors="replace")
-    card = own.read_text(encoding="utf-8") if trained else model_card(info, repo_id)
+    card = own.read_text(encoding="utf-8") if trained else imported_card(info, repo_id)
     what = "trained with imrseg train" if trained else "the authors' best_model.pt as safetensors"
     operations = [CommitOperationAdd(CONFIG_FILE, str(folder / CONFIG_FILE)),
                   CommitOperationAdd(WEIGHTS_FILE, str(folder / WEIGHTS_FILE)),

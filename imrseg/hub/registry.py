@@ -9,7 +9,7 @@ from dataclasses import dataclass, fields
 from importlib import resources
 
 from ..errors import ImrsegError
-from ..evaluation.classes import BENCHMARK_TITLES
+from ..data.classes import BENCHMARK_TITLES
 
 BACKBONE_TITLES = {"resnet50": "ResNet-50", "vgg16": "VGG-16"}
 NAMESPACE_ENV = "IMRSEG_HUB_NAMESPACE"

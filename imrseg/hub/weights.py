@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..durable import file_sha256
-from ..evaluation.classes import paper_steps
+from ..data.classes import paper_steps
 from ..errors import CheckpointError, ImrsegError, InputError, Note, one_line
 from ..paths import hf_cache_dir
 from .download import COMMIT, fetch, is_repo_id, looks_like_path, snapshot_commit

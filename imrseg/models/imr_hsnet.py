@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
 
-from ..evaluation.classes import paper_steps
+from ..data.classes import paper_steps
 from .backbone import SPECS, build_backbone, extract_taps, stage_slices
 from .correlation import StageFeatures, mask_factor, masked_correlation, resize_mask, stage_cosine
 from .imr import STATE_SIZE, IterativeMutualRefinement

@@ -8,7 +8,7 @@ batches   the loop: background decoding, batched prediction, atomic outputs
 results   results.jsonl: header, rows, what they prove, merging a distributed run's ranks"""
 from .batches import OutputOptions
 from .folder import run_folder
-from .results import RESULTS_FILE, Outcome, Summary
+from ..outputs.results import RESULTS_FILE, Outcome, Summary
 from .settings import RunSettings
 
 __all__ = ["RESULTS_FILE", "OutputOptions", "Outcome", "RunSettings", "Summary", "run_folder"]

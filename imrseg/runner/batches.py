@@ -16,12 +16,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import outputs
+from ..outputs import naming as outputs
 from ..durable import ResultsLog
 from ..errors import ImrsegError, InputError
 from ..images import LoadedImage, load_image
-from ..labels import file_tags, save_index_png, save_labelled_overlay
-from .results import Outcome, Summary, relative_outputs
+from ..outputs.masks import save_gray_png, save_heatmap_png, save_index_png, save_mask_png
+from ..outputs.naming import file_tags
+from ..outputs.overlay import save_overlay
+from ..outputs.results import Outcome, Summary, relative_outputs
 
 PREFETCH_BATCHES = 2
 
@@ -79,7 +81,7 @@ class StopOnInterrupt:
 def write_outputs(stem: Path, loaded: LoadedImage, result, options: OutputOptions, labels: Sequence[str]) -> None:
     """A query's files, the mask last. One class: the 0/255 mask and the tinted
     overlay; several: the indexed mask, the overlay with a legend, and the
-    probability, CAM and step files of each class (`imrseg.labels`)."""
+    probability, CAM and step files of each class (`outputs.naming.file_tags`)."""
     for label, tag in zip(labels, file_tags(labels)):
         prediction = result[label]
 
@@ -88,18 +90,18 @@ def write_outputs(stem: Path, loaded: LoadedImage, result, options: OutputOption
 
         if options.save_steps:
             for t, mask in enumerate(prediction.step_masks, start=1):
-                outputs.save_mask_png(path(outputs.step_suffix(t)), mask)
+                save_mask_png(path(outputs.step_suffix(t)), mask)
         if options.save_cam:
-            outputs.save_heatmap_png(path(outputs.CAM_SUFFIX), prediction.cam, loaded.size)
+            save_heatmap_png(path(outputs.CAM_SUFFIX), prediction.cam, loaded.size)
         if options.save_prob:
-            outputs.save_gray_png(path(outputs.PROB_SUFFIX), prediction.prob)
+            save_gray_png(path(outputs.PROB_SUFFIX), prediction.prob)
     overlay, mask = outputs.output_path(stem, outputs.OVERLAY_SUFFIX), outputs.output_path(stem, outputs.MASK_SUFFIX)
     if len(labels) > 1:
-        save_labelled_overlay(overlay, loaded.image, result.index_mask, labels)
+        save_overlay(overlay, loaded.image, result.index_mask, labels)
         save_index_png(mask, result.index_mask)
     else:
-        outputs.save_overlay_jpg(overlay, loaded.image, result[labels[0]].mask)
-        outputs.save_mask_png(mask, result[labels[0]].mask)
+        save_overlay(overlay, loaded.image, result[labels[0]].mask)
+        save_mask_png(mask, result[labels[0]].mask)
 
 
 def _decoded(paths: Sequence[Path], max_pixels: int | None, lookahead: int) -> Iterator:

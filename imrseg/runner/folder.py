@@ -26,11 +26,11 @@ from ..distributed import Shard, barrier, current_shard, start, stop
 from ..durable import FolderLock, ResultsLog, remove_temporaries
 from ..errors import InputError, Note, show_path
 from ..images import find_images, load_image, load_mask
-from ..labels import file_tags
-from ..outputs import plan_outputs
+from ..outputs.naming import file_tags
+from ..outputs.naming import plan_outputs
 from .batches import Job, StopOnInterrupt, segment_queries
 from .identity import check_loaded, differences, fingerprint_of, run_identity
-from .results import RESULTS_FILE, History, Outcome, Summary, merge_ranks, query_file, rank_log
+from ..outputs.results import RESULTS_FILE, History, Outcome, Summary, merge_ranks, query_file, rank_log
 from .settings import ClassSpec, RunSettings
 
 # progress(total) opens a context that yields the callback each finished query is reported to.
@@ -71,7 +71,7 @@ def load_supports(spec: ClassSpec, files: list[Path], max_pixels: int | None):
 def _check_label_fits(label: str, template: str) -> None:
     import open_clip
 
-    from ..cam import check_label
+    from ..clip.cam import check_label
     from ..hub import DEFAULT_CLIP_MODEL
 
     check_label(open_clip.get_tokenizer(DEFAULT_CLIP_MODEL), template, label)
@@ -210,10 +210,10 @@ def _export(settings: RunSettings) -> None:
     """What the folder holds now, every run's finished queries included, as annotations
     and as a page; under the folder's lock, so no run changes it meanwhile."""
     if settings.coco:
-        from ..coco import export_coco
+        from ..outputs.coco import export_coco
 
         export_coco(settings.out, settings.min_area, settings.coco_polygons)
     if settings.gallery:
-        from ..gallery import build_gallery
+        from ..outputs.gallery import build_gallery
 
         build_gallery(settings.out)

@@ -12,7 +12,7 @@ import json
 
 from ..durable import file_sha256
 from ..errors import ImrsegError
-from ..labels import class_vocabulary
+from ..clip.vocabulary import class_vocabulary
 from .settings import RunSettings
 
 

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import InputError
-from ..labels import check_class_count, check_distinct_labels
-from ..vocabulary import DEFAULT_TEMPLATE, check_template
+from ..multiclass import check_class_count, check_distinct_labels
+from ..clip.vocabulary import DEFAULT_TEMPLATE, check_template
 from .batches import OutputOptions
 
 

@@ -20,9 +20,9 @@ import torch
 from ..distributed import Shard, barrier
 from ..models.voting import INPUT_SIZE
 from ..transforms import network_input
-from ..evaluation.cam_cache import CamSource
-from ..evaluation.datasets import ground_truth
-from ..evaluation.episodes import Episode
+from ..clip.cache import CamSource
+from ..data.datasets import ground_truth
+from ..data.episodes import Episode
 
 PREFETCH = 2  # batches decoded ahead of the one the network is on
 CAM_CHUNK = 64  # (image, class) pairs per CLIP call when filling the cache

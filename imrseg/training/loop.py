@@ -30,10 +30,10 @@ from torch import nn
 from ..devices import autocast
 from ..distributed import Shard, all_sum
 from ..errors import Note
-from ..evaluation.episodes import sample_episodes
+from ..data.episodes import sample_episodes
 from ..evaluation.loop import EvalSettings, evaluate
-from ..evaluation.training_episodes import TrainingSplit, training_episodes
-from .card import run_card
+from ..data.training_episodes import TrainingSplit, training_episodes
+from ..hub.card import trained_card
 from .checkpoints import RunFolder, TrainState
 from .data import EpisodeLoader, precompute_cams
 from .plot import plot_curves
@@ -183,7 +183,7 @@ def fit(settings: TrainSettings, net, split: TrainingSplit, loader: EpisodeLoade
         if state.best is None or row["val_miou"] > state.best["val_miou"]:  # as the authors: strictly better
             state.best = row
             if shard.is_main:
-                run.save_best(net, lambda sha: run_card(net, settings, row, state.origin, sha))
+                run.save_best(net, lambda sha: trained_card(net, settings, row, state.origin, sha))
         state.history.append(row)
         state.epoch, state.position, state.loss_sum, state.seconds = state.epoch + 1, 0, 0.0, 0.0
         save()

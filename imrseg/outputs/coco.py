@@ -1,6 +1,6 @@
 """COCO instance annotations of an output folder: `OUT/annotations.json`.
 
-Built from results.jsonl and the masks on disk (`imrseg.records`), so a resumed or
+Built from results.jsonl and the masks on disk (`results.read_finished`), so a resumed or
 sharded run exports every query it finished, and `imrseg export` gives the same
 file later without a model. Each class's mask is split into connected components
 (8-connected), and each component becomes one annotation: its segmentation as
@@ -21,10 +21,10 @@ import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from . import __version__
-from .durable import atomic_write_bytes
-from .labels import read_index_mask
-from .records import FinishedRun, read_finished
+from .. import __version__
+from ..durable import atomic_write_bytes
+from .masks import read_index_mask
+from .results import FinishedRun, read_finished
 
 ANNOTATIONS_FILE = "annotations.json"
 POLYGON_SCALE = 2  # pixel edges lie on the half-pixel grid

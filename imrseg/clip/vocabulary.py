@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from string import Formatter
 
-from .errors import InputError
+from ..errors import InputError
 
 DEFAULT_TEMPLATE = "a photo of a {c}"  # the authors' prompt
 
@@ -65,7 +65,7 @@ def background_vocabulary(label: str, background: Sequence[str] | None = None,
     """[label, competitors...]: `first` (the other classes of a run), then `background`,
     which replaces the default PASCAL + COCO names. InputError when they leave the label
     no competitor (blank names do not count)."""
-    from .evaluation.classes import COCO_CLASSES, PASCAL_CLASSES
+    from ..data.classes import COCO_CLASSES, PASCAL_CLASSES
 
     given = list(background) if background is not None else list(PASCAL_CLASSES) + list(COCO_CLASSES)
     names = [*first, *given]
@@ -81,3 +81,11 @@ def background_vocabulary(label: str, background: Sequence[str] | None = None,
                          "name other classes, e.g. --vocab dog --vocab person, or drop --vocab for the "
                          "PASCAL and COCO names")
     return out
+
+
+def class_vocabulary(label: str, labels: Sequence[str], background: Sequence[str] | None = None) -> list[str]:
+    """[label, the other labels, the background competitors...] (synonyms of the
+    label and repeats left out): the names the label's CLIP softmax is taken over,
+    so that each class's CAM is drawn away from the other classes asked for. With
+    one label it is `background_vocabulary(label, background)`."""
+    return background_vocabulary(label, background, first=[other for other in labels if other != label])

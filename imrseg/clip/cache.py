@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..cam import ClipCAM
+from .cam import ClipCAM
 from ..durable import atomic_write_bytes, file_sha256
 from ..transforms import CAM_SIZE
 

@@ -15,11 +15,11 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from ..durable import ResultsLog, read_results
 from ..errors import InputError, show_path
-from ..outputs import MASK_SUFFIX, completed_outputs, output_path
+from .naming import MASK_SUFFIX, completed_outputs, output_path
 
 RESULTS_FILE = "results.jsonl"
 _RANK_LOG = re.compile(r"\.results\.rank(\d+)\.jsonl")
@@ -181,3 +181,78 @@ def merge_ranks(out: Path) -> Summary:
     for _, path in ranks:
         path.unlink()
     return merged
+
+
+# Reading a folder back for the exports (COCO annotations, the review gallery): they start
+# from results.jsonl and the files on disk rather than a run in memory, so they cover every
+# query the folder holds, however many runs or processes made it, and need no model.
+
+FINISHED = ("done", "skipped")
+
+
+@dataclass(frozen=True)
+class FinishedQuery:
+    query: str  # the query's path as the run was given it
+    file_name: str  # relative to its query root (posix), as dataset tools want it
+    mask: str  # the mask, relative to the output folder (posix)
+    outputs: tuple[str, ...]  # every file written for it, relative to the output folder
+    score: float | None
+    classes: dict  # label -> {"fraction": ..., "score": ...}; empty when the run did not record them
+
+    @property
+    def stem(self) -> str:
+        """The output stem: the mask's path without `.png`."""
+        return self.mask[: -len(".png")]
+
+
+@dataclass(frozen=True)
+class FinishedRun:
+    out: Path
+    labels: list[str]  # class i + 1 of the masks is labels[i]
+    queries: list[FinishedQuery]
+
+    @property
+    def multiclass(self) -> bool:
+        return len(self.labels) > 1
+
+
+def header_labels(header: dict) -> list[str]:
+    """The classes a run header names, in mask order."""
+    if header.get("classes"):
+        return [c["label"] for c in header["classes"]]
+    return [header["label"]]
+
+
+def read_finished(out: os.PathLike | str) -> FinishedRun:
+    """The finished queries of an output folder, each with its latest row, in the order
+    they were first run. InputError when there is no run, or a mask it lists is gone."""
+    out = Path(out)
+    path = out / RESULTS_FILE
+    if not path.is_file():
+        raise InputError(f"{show_path(out)}: no {RESULTS_FILE}: not an imrseg output folder")
+    history = History(out)
+    if not history.headers:
+        raise InputError(f"{show_path(path)}: no run header: not written by imrseg segment")
+    queries = [_finished(out, row) for _, row in history.last.values() if row.get("status") in FINISHED]
+    return FinishedRun(out, header_labels(history.headers[-1]), queries)
+
+
+def _finished(out: Path, row: dict) -> FinishedQuery:
+    outputs = tuple(row.get("outputs") or ())
+    # The mask is written last and listed last.
+    mask = outputs[-1] if outputs else _relative(out, row.get("mask") or "")
+    if not (out / mask).is_file():
+        raise InputError(f"{show_path(out / mask)}: the mask of {show_path(row['query'])} is missing; "
+                         "run the segment command again to redo it")
+    file_name = row.get("file") or str(PurePosixPath(mask).with_suffix(Path(row["query"]).suffix))
+    return FinishedQuery(row["query"], file_name, mask, outputs, row.get("score"), row.get("classes") or {})
+
+
+def _relative(out: Path, mask: str) -> str:
+    """A mask path as an older run recorded it (relative to its working folder) made
+    relative to the output folder."""
+    try:
+        return Path(mask).resolve().relative_to(out.resolve()).as_posix()
+    except ValueError:
+        raise InputError(f"{show_path(mask)}: recorded in {show_path(out / RESULTS_FILE)} but not inside "
+                         f"{show_path(out)}; run the command from the folder it was run in") from None

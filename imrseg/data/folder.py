@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import InputError
-from ..vocabulary import background_vocabulary
+from ..clip.vocabulary import background_vocabulary
 from .datasets import _opened
 from .splits import _read, fetch_official, locate_official
 from .training_episodes import TrainingSplit

@@ -1,9 +1,10 @@
-"""Naming and writing a query's outputs under the output folder.
+"""Naming a query's outputs under the output folder.
 
 `output_stem` / `plan_outputs` map each query to a path stem under the output
 folder, never outside it and never shared by two queries. A stem `out/a/b` gets
-`out/a/b.png` (mask), `b_overlay.jpg`, `b_cam.png`, `b_prob.png`, `b_step{t}.png`;
-the `save_*` functions encode them and write them atomically."""
+`out/a/b.png` (mask), `b_overlay.jpg`, `b_cam.png`, `b_prob.png`, `b_step{t}.png`
+(`masks` and `overlay` write them); a run of several classes puts each class's
+tag (`file_tags`) before the CAM, probability and step suffixes."""
 from __future__ import annotations
 
 import itertools
@@ -13,23 +14,13 @@ import stat
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-import cv2
-import numpy as np
-from PIL import Image
-
-from .durable import atomic_write_bytes
-from .errors import ImrsegError, InputError, show_path
+from ..errors import InputError, show_path
 
 MASK_SUFFIX = ".png"
 OVERLAY_SUFFIX = "_overlay.jpg"
 CAM_SUFFIX = "_cam.png"
 PROB_SUFFIX = "_prob.png"
 OUTPUT_SUFFIXES = (MASK_SUFFIX, OVERLAY_SUFFIX, CAM_SUFFIX, PROB_SUFFIX)
-
-OVERLAY_TINT = (255, 0, 0)
-OVERLAY_ALPHA = 0.45
-CONTOUR_COLOR = (255, 255, 0)
-JPEG_QUALITY = 90
 
 
 def step_suffix(t: int) -> str:
@@ -86,7 +77,7 @@ def plan_outputs(
     (the other inputs: supports, support masks), the later image gets `<name>_<ext>`,
     then `<name>_<ext>_2`, `_3`, ... Deterministic for the same inputs, compared caselessly.
     `tags` go before the CAM, probability and step suffixes: one per class of a
-    multi-class run (`labels.file_tags`), so `a_dog_prob.png` is claimed too.
+    multi-class run (`file_tags`), so `a_dog_prob.png` is claimed too.
     """
     files: set[str] = set()  # keys of files that must not be written over
     step_bases: set[str] = set()  # stems X whose X_step<t>.png names are taken
@@ -158,69 +149,22 @@ def completed_outputs(stem: os.PathLike | str, required_suffixes: Sequence[str])
     return True
 
 
-def _write_encoded(
-    path: os.PathLike | str, ext: str, array: np.ndarray, params: Sequence[int] = ()
-) -> None:
-    ok, buf = cv2.imencode(ext, array, list(params))
-    if not ok:
-        raise ImrsegError(f"{show_path(path)}: could not encode a {array.shape} image")
-    atomic_write_bytes(path, buf.tobytes())
+def label_slugs(labels: Sequence[str]) -> list[str]:
+    """A distinct file-name-safe form of each label, for per-class files
+    (`traffic cone` -> `traffic_cone`; a clash gets `_2`, `_3`, ... caselessly)."""
+    taken, out = set(), []
+    for label in labels:
+        base = re.sub(r"[^\w-]+", "_", label.strip()).strip("_")[:64] or "class"
+        slug, n = base, 2
+        while slug.casefold() in taken:
+            slug, n = f"{base}_{n}", n + 1
+        taken.add(slug.casefold())
+        out.append(slug)
+    return out
 
 
-def _as_2d(array, name: str) -> np.ndarray:
-    array = np.asarray(array)
-    if array.ndim != 2:
-        raise ValueError(f"{name} must be a 2-D (H, W) array, got shape {array.shape}")
-    return array
-
-
-def _unit_to_u8(values) -> np.ndarray:
-    """Floats in [0, 1] to 0..255; out-of-range values clip, NaN becomes 0."""
-    values = np.nan_to_num(np.asarray(values, dtype=np.float32), nan=0.0, posinf=1.0, neginf=0.0)
-    return np.round(np.clip(values, 0.0, 1.0) * 255.0).astype(np.uint8)
-
-
-def save_mask_png(path: os.PathLike | str, mask) -> None:
-    """Binary mask (H, W; nonzero = object) as an 8-bit greyscale PNG of 0 and 255."""
-    mask = _as_2d(mask, "mask")
-    _write_encoded(path, ".png", np.where(mask != 0, 255, 0).astype(np.uint8))
-
-
-def save_gray_png(path: os.PathLike | str, values) -> None:
-    """Probabilities (H, W; floats in [0, 1]) as an 8-bit greyscale PNG."""
-    _write_encoded(path, ".png", _unit_to_u8(_as_2d(values, "values")))
-
-
-def save_heatmap_png(path: os.PathLike | str, cam, size: tuple[int, int]) -> None:
-    """CAM (h, w; floats in [0, 1]) resized bilinearly to size=(W, H), JET colour map, PNG."""
-    cam = np.nan_to_num(_as_2d(cam, "cam").astype(np.float32), nan=0.0, posinf=1.0, neginf=0.0)
-    width, height = (int(v) for v in size)
-    cam = cv2.resize(np.clip(cam, 0.0, 1.0), (width, height), interpolation=cv2.INTER_LINEAR)
-    _write_encoded(path, ".png", cv2.applyColorMap(_unit_to_u8(cam), cv2.COLORMAP_JET))
-
-
-def save_overlay_jpg(path: os.PathLike | str, image, mask) -> None:
-    """The picture with the mask tinted OVERLAY_TINT and its outline in CONTOUR_COLOR, JPEG.
-
-    image: PIL image or (H, W, 3) uint8 RGB array. The overlay has the picture's
-    resolution; a mask of another size (e.g. full size vs the reduced network input)
-    is resized to it.
-    """
-    rgb = np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image, dtype=np.uint8)
-    if rgb.ndim != 3 or rgb.shape[2] != 3:
-        raise ValueError(f"image must be RGB (H, W, 3), got shape {rgb.shape}")
-    height, width = rgb.shape[:2]
-    mask = _as_2d(mask, "mask") != 0
-    if mask.shape != (height, width):
-        # Area averaging then a 50% threshold keeps thin parts better than nearest neighbour.
-        resized = cv2.resize(mask.astype(np.uint8) * 255, (width, height), interpolation=cv2.INTER_AREA)
-        mask = resized >= 128
-    out = rgb.copy()
-    out[mask] = np.round(
-        out[mask] * (1.0 - OVERLAY_ALPHA) + np.array(OVERLAY_TINT) * OVERLAY_ALPHA
-    ).astype(np.uint8)
-    bgr = cv2.cvtColor(out, cv2.COLOR_RGB2BGR)
-    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_LIST, cv2.CHAIN_APPROX_SIMPLE)
-    thickness = max(1, round(max(height, width) / 300))
-    cv2.drawContours(bgr, contours, -1, CONTOUR_COLOR[::-1], thickness)
-    _write_encoded(path, ".jpg", bgr, (cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY))
+def file_tags(labels: Sequence[str]) -> list[str]:
+    """What each class's probability, CAM and step files insert before their suffix:
+    nothing for a one-class run (`a_prob.png`), `_<slug>` for each of several
+    (`a_dog_prob.png`, `a_traffic_cone_prob.png`)."""
+    return [""] if len(labels) < 2 else [f"_{slug}" for slug in label_slugs(labels)]

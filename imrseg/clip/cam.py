@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .errors import InputError
-from .transforms import CAM_SIZE, CLIP_MODES, clip_input
+from ..errors import InputError
+from ..transforms import CAM_SIZE, CLIP_MODES, clip_input
 from .vocabulary import DEFAULT_TEMPLATE, check_template
 
 CAM_MODES = CLIP_MODES
