@@ -59,3 +59,17 @@ def autocast(device, precision: str):
         return contextlib.nullcontext()
     dtype = torch.float16 if precision == "fp16" else torch.bfloat16
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether `exc` is a device running out of memory (CUDA's own error, or a
+    RuntimeError saying so, as other back-ends raise it)."""
+    return "out of memory" in str(exc).lower() or type(exc).__name__ == "OutOfMemoryError"
+
+
+def free_cached_memory() -> None:
+    """Hand the CUDA allocator's cached blocks back, before retrying smaller."""
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

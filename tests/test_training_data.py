@@ -23,7 +23,8 @@ from imrseg.data import training_episodes as te
 from imrseg.data.classes import fold_classes
 from imrseg.data.datasets import BenchmarkData
 from imrseg.data.episodes import sample_episodes
-from imrseg.data.folder import FSS_SHA256, FolderData, folder_vocabulary, open_fss, open_folder
+from imrseg.clip.vocabulary import folder_vocabulary
+from imrseg.data.folder import FSS_SHA256, FolderData, open_fss, open_folder
 from imrseg.transforms import network_input
 from training_fixtures import SHAPES, make_shapes
 

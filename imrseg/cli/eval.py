@@ -138,6 +138,7 @@ def eval_command(
     from ..distributed import current_shard, start, stop
     from ..durable import file_sha256
     from ..clip.cache import CamSource
+    from ..clip.vocabulary import folder_vocabulary
     from ..data.classes import BENCHMARK_CLASSES, paper_steps
     from ..evaluation.loop import EvalSettings
     from ..evaluation.state import RunState
@@ -150,7 +151,7 @@ def eval_command(
     clip_id = f"{clip_info.model_name}:{file_sha256(clip_info.path)}"
     cam = ClipCAM(clip_model, tokenizer, mode="official", device=torch_device)
     # The authors' vocabulary: the benchmark's own class list, "a photo of a {c}".
-    vocabulary = fss_split.vocabulary if benchmark is EvalBenchmark.fss else BENCHMARK_CLASSES[benchmark.value]
+    vocabulary = folder_vocabulary(fss_split.class_names) if benchmark is EvalBenchmark.fss else BENCHMARK_CLASSES[benchmark.value]
     cams = CamSource(cam, vocabulary, clip_id, None if no_cache else cache_root())
 
     model = info = None

@@ -119,11 +119,12 @@ def _open_data(benchmark: str, fold: int | None, data_root: Path, splits: Path |
         if fold is not None:
             raise InputError("--fold is for pascal and coco; a folder's validation classes are --val-classes "
                              "or --val-share")
+        from ..clip.vocabulary import folder_vocabulary
         from ..data.folder import open_folder
 
         names = [n.strip() for v in val_classes or [] for n in v.split(",") if n.strip()]
         data, split, val = open_folder(data_root, names or None, val_share)
-        return data, split, val, val.vocabulary, [data.class_names[c] for c in val.class_ids]
+        return data, split, val, folder_vocabulary(data.class_names), [data.class_names[c] for c in val.class_ids]
     if fold is None:
         raise InputError(f"--fold is needed for {benchmark}: 0, 1, 2 or 3 (the test fold)")
     if val_classes or val_share is not None:
@@ -149,7 +150,7 @@ def _train(a: dict, shard, device, eval_batch: int) -> None:
     from ..hub import resolve_clip
     from ..models import IMRHSNet
     from ..paths import cache_root
-    from ..runner.batches import StopOnInterrupt
+    from ..interrupts import StopOnInterrupt
     from ..training.checkpoints import RunFolder
     from ..training.data import EpisodeLoader
     from ..training.loop import TrainingInterrupted, Validation, fit

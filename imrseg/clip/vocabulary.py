@@ -89,3 +89,15 @@ def class_vocabulary(label: str, labels: Sequence[str], background: Sequence[str
     so that each class's CAM is drawn away from the other classes asked for. With
     one label it is `background_vocabulary(label, background)`."""
     return background_vocabulary(label, background, first=[other for other in labels if other != label])
+
+
+def folder_vocabulary(class_names) -> list[str]:
+    """What CLIP sees: the class names (underscores as spaces), then the PASCAL and
+    COCO names that are none of them, so that even a folder of one class has
+    competitors for its CLIP softmax."""
+    names = [n.replace("_", " ") for n in class_names]
+    common = None
+    for name in names:
+        others = set(background_vocabulary(name)[1:])
+        common = others if common is None else common & others
+    return names + [n for n in background_vocabulary(names[0])[1:] if n in common]

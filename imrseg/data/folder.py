@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from ..errors import InputError
-from ..clip.vocabulary import background_vocabulary
 from .datasets import _opened
 from .splits import _read, fetch_official, locate_official
 from .training_episodes import TrainingSplit
@@ -88,7 +87,6 @@ class FolderSplit:
     class_names: tuple
     fold: int | None = None
     official: bool = False
-    vocabulary: list = field(default_factory=list)
 
 
 def _numeric_order(name: str):
@@ -125,19 +123,7 @@ def _split(benchmark: str, root: Path, data: FolderData, class_ids: list[int], s
     if sha256 is None:
         sha256 = hashlib.sha256("\n".join(f"{c} {n}" for n, c in entries).encode()).hexdigest()
     return FolderSplit(benchmark, root, sha256, tuple(entries), classwise, list(class_ids), data.class_names,
-                       official=official, vocabulary=folder_vocabulary(data.class_names))
-
-
-def folder_vocabulary(class_names) -> list[str]:
-    """What CLIP sees: the class names (underscores as spaces), then the PASCAL and
-    COCO names that are none of them, so that even a folder of one class has
-    competitors for its CLIP softmax."""
-    names = [n.replace("_", " ") for n in class_names]
-    common = None
-    for name in names:
-        others = set(background_vocabulary(name)[1:])
-        common = others if common is None else common & others
-    return names + [n for n in background_vocabulary(names[0])[1:] if n in common]
+                       official=official)
 
 
 # ------------------------------------------------------------------- FSS-1000

@@ -6,7 +6,7 @@ folder    the run from start to end
 identity  the fingerprint of what shapes a mask, computed without loading a model
 batches   the loop: background decoding, batched prediction, atomic outputs
 results   results.jsonl: header, rows, what they prove, merging a distributed run's ranks"""
-from .batches import OutputOptions
+from .writing import OutputOptions
 from .folder import run_folder
 from ..outputs.results import RESULTS_FILE, Outcome, Summary
 from .settings import RunSettings

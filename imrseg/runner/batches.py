@@ -8,40 +8,23 @@ nothing finished is ever rewritten or lost."""
 from __future__ import annotations
 
 import contextlib
-import signal
-import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..outputs import naming as outputs
+from ..devices import free_cached_memory, is_out_of_memory
 from ..durable import ResultsLog
 from ..errors import ImrsegError, InputError
 from ..images import LoadedImage, load_image
-from ..outputs.masks import save_gray_png, save_heatmap_png, save_index_png, save_mask_png
-from ..outputs.naming import file_tags
-from ..outputs.overlay import save_overlay
+from ..interrupts import StopOnInterrupt
+from ..outputs import naming as outputs
 from ..outputs.results import Outcome, Summary, relative_outputs
+from ..prefetch import ahead
+from .writing import OutputOptions, write_outputs
 
 PREFETCH_BATCHES = 2
-
-
-@dataclass(frozen=True)
-class OutputOptions:
-    save_prob: bool = False
-    save_cam: bool = False
-    save_steps: bool = False
-
-    def suffixes(self, steps: int, labels: Sequence[str] = ()) -> list[str]:
-        """Every file a finished query has, the mask last (it is written last). With
-        several `labels` the probability, CAM and step files are one per class."""
-        own = [outputs.PROB_SUFFIX] if self.save_prob else []
-        own += [outputs.CAM_SUFFIX] if self.save_cam else []
-        own += [outputs.step_suffix(t) for t in range(1, steps + 1)] if self.save_steps else []
-        return [outputs.OVERLAY_SUFFIX, *(tag + suffix for tag in file_tags(labels) for suffix in own),
-                outputs.MASK_SUFFIX]
 
 
 @dataclass(frozen=True)
@@ -56,54 +39,6 @@ class Job:
     file_name: str | None = None  # the query relative to the folder it was found in
 
 
-class StopOnInterrupt:
-    """First Ctrl-C: finish the image at hand, then stop. Second: stop at once."""
-
-    def __init__(self):
-        self.requested = False
-        self._previous = None
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handle)
-        return self
-
-    def _handle(self, *_):
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-
-    def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-
-
-def write_outputs(stem: Path, loaded: LoadedImage, result, options: OutputOptions, labels: Sequence[str]) -> None:
-    """A query's files, the mask last. One class: the 0/255 mask and the tinted
-    overlay; several: the indexed mask, the overlay with a legend, and the
-    probability, CAM and step files of each class (`outputs.naming.file_tags`)."""
-    for label, tag in zip(labels, file_tags(labels)):
-        prediction = result[label]
-
-        def path(suffix: str) -> Path:
-            return outputs.output_path(stem, tag + suffix)
-
-        if options.save_steps:
-            for t, mask in enumerate(prediction.step_masks, start=1):
-                save_mask_png(path(outputs.step_suffix(t)), mask)
-        if options.save_cam:
-            save_heatmap_png(path(outputs.CAM_SUFFIX), prediction.cam, loaded.size)
-        if options.save_prob:
-            save_gray_png(path(outputs.PROB_SUFFIX), prediction.prob)
-    overlay, mask = outputs.output_path(stem, outputs.OVERLAY_SUFFIX), outputs.output_path(stem, outputs.MASK_SUFFIX)
-    if len(labels) > 1:
-        save_overlay(overlay, loaded.image, result.index_mask, labels)
-        save_index_png(mask, result.index_mask)
-    else:
-        save_overlay(overlay, loaded.image, result[labels[0]].mask)
-        save_mask_png(mask, result[labels[0]].mask)
-
-
 def _decoded(paths: Sequence[Path], max_pixels: int | None, lookahead: int) -> Iterator:
     """(path, LoadedImage or InputError) in order, decoded ahead on a thread pool."""
     def load(path):
@@ -113,17 +48,8 @@ def _decoded(paths: Sequence[Path], max_pixels: int | None, lookahead: int) -> I
             return exc
 
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="imrseg-decode") as pool:
-        pending = [pool.submit(load, p) for p in paths[:lookahead]]
-        for i, path in enumerate(paths):
-            result = pending[i].result()
-            if i + lookahead < len(paths):
-                pending.append(pool.submit(load, paths[i + lookahead]))
-            pending[i] = None  # drop the decoded image once handed over
-            yield path, result
-
-
-def _is_out_of_memory(exc: BaseException) -> bool:
-    return "out of memory" in str(exc).lower() or type(exc).__name__ == "OutOfMemoryError"
+        for path, future in ahead(paths, lambda p: pool.submit(load, p), lookahead):
+            yield path, future.result()
 
 
 def predict_with_backoff(predict: Callable, images: list, sizes: list, device_name: str) -> list:
@@ -131,22 +57,15 @@ def predict_with_backoff(predict: Callable, images: list, sizes: list, device_na
     try:
         return predict(images, sizes)
     except (RuntimeError, MemoryError) as exc:
-        if not _is_out_of_memory(exc):
+        if not is_out_of_memory(exc):
             raise
-        _free_cached_memory()
+        free_cached_memory()
         if len(images) == 1:
             raise ImrsegError(f"out of memory on {device_name} even for one image; "
                               "try --device cpu or a smaller --batch-size") from None
         half = len(images) // 2
         return (predict_with_backoff(predict, images[:half], sizes[:half], device_name)
                 + predict_with_backoff(predict, images[half:], sizes[half:], device_name))
-
-
-def _free_cached_memory() -> None:
-    import torch
-
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
 
 
 def segment_queries(predict: Callable | None, jobs: Sequence[Job], *, out: Path, steps: int,

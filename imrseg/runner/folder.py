@@ -28,7 +28,8 @@ from ..errors import InputError, Note, show_path
 from ..images import find_images, load_image, load_mask
 from ..outputs.naming import file_tags
 from ..outputs.naming import plan_outputs
-from .batches import Job, StopOnInterrupt, segment_queries
+from ..interrupts import StopOnInterrupt
+from .batches import Job, segment_queries
 from .identity import check_loaded, differences, fingerprint_of, run_identity
 from ..outputs.results import RESULTS_FILE, History, Outcome, Summary, merge_ranks, query_file, rank_log
 from .settings import ClassSpec, RunSettings

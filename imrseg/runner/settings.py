@@ -14,7 +14,7 @@ from pathlib import Path
 from ..errors import InputError
 from ..multiclass import check_class_count, check_distinct_labels
 from ..clip.vocabulary import DEFAULT_TEMPLATE, check_template
-from .batches import OutputOptions
+from .writing import OutputOptions
 
 
 @dataclass(frozen=True)

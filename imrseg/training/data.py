@@ -18,6 +18,7 @@ from dataclasses import dataclass, fields
 import torch
 
 from ..distributed import Shard, barrier
+from ..prefetch import ahead
 from ..models.voting import INPUT_SIZE
 from ..transforms import network_input
 from ..clip.cache import CamSource
@@ -58,8 +59,8 @@ def default_workers() -> int:
 
 
 class EpisodeLoader:
-    """Batches of episodes of one benchmark's data (`evaluation.datasets.BenchmarkData`
-    or `evaluation.folder.FolderData`), with CAMs from `cams`."""
+    """Batches of episodes of one benchmark's data (`data.datasets.BenchmarkData`
+    or `data.folder.FolderData`), with CAMs from `cams`."""
 
     def __init__(self, data, benchmark: str, cams: CamSource, workers: int | None = None):
         self.data, self.benchmark, self.cams = data, benchmark, cams
@@ -96,11 +97,7 @@ class EpisodeLoader:
         CAMs are looked up here, on the caller's thread (the CAM source is not shared
         across threads)."""
         with ThreadPoolExecutor(self.workers, thread_name_prefix="imrseg-train-io") as pool:
-            pending = [self._decoded(pool, g) for g in groups[:PREFETCH]]
-            for i, group in enumerate(groups):
-                if i + PREFETCH < len(groups):
-                    pending.append(self._decoded(pool, groups[i + PREFETCH]))
-                decoded, pending[i] = pending[i], None
+            for group, decoded in ahead(groups, lambda g: self._decoded(pool, g), PREFETCH):
                 yield self._assemble(group, decoded)
 
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..devices import autocast
+from ..devices import autocast, free_cached_memory
 from ..distributed import Shard, all_sum
 from ..errors import Note
 from ..data.episodes import sample_episodes
@@ -145,7 +145,7 @@ def fit(settings: TrainSettings, net, split: TrainingSplit, loader: EpisodeLoade
                     if shard.distributed or (micro or len(batch)) == 1:
                         raise
                     micro = max(1, (micro or len(batch)) // 2)
-                    torch.cuda.empty_cache()
+                    free_cached_memory()
                     warnings.warn(Note(f"out of GPU memory: continuing with {micro} episodes a forward pass "
                                        f"(the same steps; --micro-batch {micro} starts so)"))
             scaler.step(optimizer)
