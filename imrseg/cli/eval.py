@@ -12,15 +12,9 @@ import typer
 from ..errors import InputError
 from . import app
 from ..data.classes import BENCHMARK_TITLES, NUM_FOLDS
-from .options import Backbone, BatchSizeOption, ClipWeightsOption, DeviceOption, HubNamespaceOption, StepsOption, WeightsOption
+from .options import Backbone, BatchSizeOption, EvalBenchmark, ClipWeightsOption, DeviceOption, HubNamespaceOption, StepsOption, WeightsOption
 
 FOLDS = tuple(str(f) for f in range(NUM_FOLDS)) + ("all",)
-
-
-class EvalBenchmark(str, Enum):
-    pascal = "pascal"
-    coco = "coco"
-    fss = "fss"
 
 
 class Method(str, Enum):

@@ -1,15 +1,23 @@
 """Options shared by several commands, defined once."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from enum import Enum
 from typing import Annotated, Optional
 
 import typer
 
+from ..data.classes import FOLD_BENCHMARKS, TEST_BENCHMARKS, TRAIN_BENCHMARKS
 
-class Benchmark(str, Enum):
-    pascal = "pascal"
-    coco = "coco"
+
+def choices(name: str, values: Sequence[str]) -> type[Enum]:
+    """A command-line choice whose values are the library's own list of them."""
+    return Enum(name, {value: value for value in values}, type=str)
+
+
+Benchmark = choices("Benchmark", FOLD_BENCHMARKS)
+EvalBenchmark = choices("EvalBenchmark", TEST_BENCHMARKS)
+TrainBenchmark = choices("TrainBenchmark", TRAIN_BENCHMARKS)
 
 
 class Backbone(str, Enum):

@@ -4,7 +4,6 @@ are imported inside the command."""
 from __future__ import annotations
 
 import contextlib
-from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -12,14 +11,8 @@ import typer
 
 from ..errors import InputError
 from . import EXIT_INTERRUPTED, app
-from .options import (Backbone, ClipWeightsOption, DeviceOption, HubNamespaceOption, Precision, PrecisionOption,
+from .options import (Backbone, ClipWeightsOption, TrainBenchmark, DeviceOption, HubNamespaceOption, Precision, PrecisionOption,
                       QuietOption)
-
-
-class TrainBenchmark(str, Enum):
-    pascal = "pascal"
-    coco = "coco"
-    folder = "folder"
 
 
 def _positive(value, name: str):

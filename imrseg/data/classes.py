@@ -23,6 +23,11 @@ COCO_CLASSES = (
 )
 
 BENCHMARK_CLASSES = {"pascal": PASCAL_CLASSES, "coco": COCO_CLASSES}
+# The benchmarks with folds (PASCAL-5i, COCO-20i); what `eval` tests on (those and FSS-1000);
+# what `train` trains on (those and a folder of one's own classes in FSS-1000's layout).
+FOLD_BENCHMARKS = tuple(BENCHMARK_CLASSES)
+TEST_BENCHMARKS = (*FOLD_BENCHMARKS, "fss")
+TRAIN_BENCHMARKS = (*FOLD_BENCHMARKS, "folder")
 BENCHMARK_TITLES = {"pascal": "PASCAL-5i", "coco": "COCO-20i", "fss": "FSS-1000"}
 PAPER_TABLES = {"pascal": "Table 1", "coco": "Table 2"}  # where the paper reports each benchmark's 1-shot mIoU
 NUM_FOLDS = 4

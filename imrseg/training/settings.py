@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from ..data.classes import TRAIN_BENCHMARKS as BENCHMARKS
 from ..errors import InputError
 
-BENCHMARKS = ("pascal", "coco", "folder")
 RECIPES = {
     "pascal": {"lr": 4e-4, "batch_size": 40, "steps": 2},
     "coco": {"lr": 2e-4, "batch_size": 20, "steps": 3},
