@@ -1,8 +1,15 @@
 """Errors a user can act on. The CLI prints their message as one line, no traceback;
-`show_path` and `one_line` keep paths and library messages to that one line."""
+`show_path` and `one_line` keep paths and library messages to that one line.
+
+A message names the parameter at fault as the library calls it, in backquotes
+(`param("max_pixels")` gives "`max_pixels`"), so a library user reads the name they
+passed; the command line prints the same message with its flag there instead
+(`in_terms_of`: "--max-pixels")."""
 from __future__ import annotations
 
 import os
+import re
+from collections.abc import Mapping
 
 
 class ImrsegError(Exception):
@@ -35,3 +42,17 @@ def one_line(exc: BaseException) -> str:
 
 class Note(UserWarning):
     """Something a user should know once (not an error): the CLI prints it as one line."""
+
+
+PARAMETER = re.compile(r"`([a-z][a-z0-9_]*)`")
+
+
+def param(name: str) -> str:
+    """How a message names the library's parameter `name`."""
+    return f"`{name}`"
+
+
+def in_terms_of(message: str, names: Mapping[str, str]) -> str:
+    """`message` with each parameter it names that `names` knows written as names[parameter]
+    (a command's flag); anything else in backquotes stays as it is."""
+    return PARAMETER.sub(lambda m: names.get(m[1], m[0]), message)

@@ -71,7 +71,7 @@ def test_a_blank_or_full_drawn_mask_gets_a_note(tmp_path, value, what):
 # ------------------------------------------------------------------- vocabulary
 @pytest.mark.parametrize("vocab", [["cat"], ["cats"], ["Cat", " "], [""]])
 def test_a_vocabulary_that_leaves_no_competitor_is_refused(vocab):
-    with pytest.raises(InputError, match="--vocab leaves the label 'cat' nothing to compete with"):
+    with pytest.raises(InputError, match="`background` leaves the label 'cat' nothing to compete with"):
         background_vocabulary("cat", vocab)
 
 
@@ -151,3 +151,18 @@ def test_ctrl_c_while_a_model_loads_says_so_once(presses):
     finally:
         proc.kill()
     assert proc.returncode == 130 and stderr == "imrseg: interrupted\n"
+
+
+def test_library_errors_name_parameters_and_the_cli_names_flags():
+    from imrseg.cli import app, parameter_flags
+    from imrseg.cli import commands  # noqa: F401  (registers the commands)
+    from imrseg.errors import in_terms_of, param
+    import typer
+
+    with pytest.raises(InputError, match="^`template` 'a photo' has no"):
+        check_template("a photo")
+    flags = parameter_flags(typer.main.get_command(app), "segment")
+    assert flags["template"] == "--prompt-template" and flags["max_pixels"] == "--max-pixels"
+    assert in_terms_of(f"{param('max_pixels')} must be 1 or more; see `imrseg segment`", flags) == \
+        "--max-pixels must be 1 or more; see `imrseg segment`"
+    assert parameter_flags(typer.main.get_command(app), "export")["out"] == "OUT"

@@ -113,7 +113,7 @@ def test_a_vocabulary_of_the_label_alone_is_refused(recipe_net, cam):
 
     for vocabulary in (["cat"], ["cats"], [""]):
         predictor = Predictor(recipe_net, cam, vocabulary=vocabulary)
-        with pytest.raises(InputError, match="--vocab leaves the label 'cat' nothing to compete with"):
+        with pytest.raises(InputError, match="`background` leaves the label 'cat' nothing to compete with"):
             predictor.set_support([_image(0)], "cat")
 
 

@@ -112,7 +112,8 @@ def test_zero_shot_one_image_json(tmp_path, weights):
     (["-l", "dog", "--steps", "0"], "--steps must be 1 or more"),
     (["-l", "dog", "--device", "tpu"], "unknown device"),
     (["-l", "dog", "--device", "cuda"], "CUDA was requested"),
-    (["-l", "dog", "--prompt-template", "a photo"], "has no {c}"),
+    (["-l", "dog", "--prompt-template", "a photo"], "--prompt-template 'a photo' has no {c}"),
+    (["-l", "cat", "--vocab", "cats"], "--vocab leaves the label 'cat' nothing to compete with"),
 ])
 def test_argument_errors_are_one_line_before_loading(tmp_path, args, message):
     support, query = write_image(tmp_path / "s.jpg"), write_image(tmp_path / "q.jpg")

@@ -11,7 +11,7 @@ import warnings
 import typer
 from typer.core import TyperGroup
 
-from ..errors import ImrsegError, NetworkError, Note
+from ..errors import ImrsegError, NetworkError, Note, in_terms_of
 
 EXIT_INPUT_FAILED = 1
 EXIT_USAGE = 2
@@ -22,14 +22,39 @@ EXIT_INTERRUPTED = 130
 
 class _Commands(TyperGroup):
     """Every command's ImrsegError becomes one line on stderr and exit status 2
-    (4 for a NetworkError: the arguments may be right and a later try work)."""
+    (4 for a NetworkError: the arguments may be right and a later try work), the
+    parameters it names written as the command's flags."""
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except ImrsegError as exc:
-            typer.echo(f"imrseg: error: {exc}", err=True)
+            flags = parameter_flags(self, ctx.invoked_subcommand)
+            typer.echo(f"imrseg: error: {in_terms_of(str(exc), flags)}", err=True)
             raise typer.Exit(EXIT_NETWORK if isinstance(exc, NetworkError) else EXIT_USAGE) from None
+
+
+def parameter_flags(group, command: str | None = None) -> dict[str, str]:
+    """The library's parameter names -> how the command line spells them: each option's
+    longest flag, an argument's metavar, and `PARAMETER_FLAGS` for the parameters the
+    library names otherwise. The command being run (`command`) has the last word."""
+    from .options import PARAMETER_FLAGS
+
+    def walk(node, names: dict) -> dict:
+        if hasattr(node, "commands"):
+            for sub in node.commands.values():
+                walk(sub, names)
+        else:
+            for p in node.params:
+                longs = [o for o in p.opts if o.startswith("--")]
+                names[p.name] = max(longs, key=len) if longs else p.name.upper()
+        return names
+
+    names = dict(PARAMETER_FLAGS)
+    walk(group, names)
+    if command in getattr(group, "commands", {}):
+        walk(group.commands[command], names)
+    return names
 
 
 app = typer.Typer(

@@ -15,6 +15,12 @@ def choices(name: str, values: Sequence[str]) -> type[Enum]:
     return Enum(name, {value: value for value in values}, type=str)
 
 
+# Library parameters whose flag is not their name with dashes (the rest are read off the commands).
+PARAMETER_FLAGS = {
+    "background": "--vocab",
+    "template": "--prompt-template",
+}
+
 Benchmark = choices("Benchmark", FOLD_BENCHMARKS)
 EvalBenchmark = choices("EvalBenchmark", TEST_BENCHMARKS)
 TrainBenchmark = choices("TrainBenchmark", TRAIN_BENCHMARKS)

@@ -47,16 +47,16 @@ def check_template(template: str) -> None:
     try:
         fields = [name for _, name, _, _ in Formatter().parse(template) if name is not None]
     except ValueError as exc:  # a lone brace
-        raise InputError(f"--prompt-template {template!r} is not a template ({exc}); {hint}") from None
+        raise InputError(f"`template` {template!r} is not a template ({exc}); {hint}") from None
     others = sorted({"{" + name + "}" for name in fields if name != "c"})
     if others:
-        raise InputError(f"--prompt-template {template!r} has {', '.join(others)}, which nothing fills in; {hint}")
+        raise InputError(f"`template` {template!r} has {', '.join(others)}, which nothing fills in; {hint}")
     if not fields:
-        raise InputError(f"--prompt-template {template!r} has no {{c}} for the class name; {hint}")
+        raise InputError(f"`template` {template!r} has no {{c}} for the class name; {hint}")
     try:
         template.format(c="x")
     except (ValueError, KeyError, IndexError) as exc:  # a bad format spec: {c:d}, {c!z}, {c:{x}}
-        raise InputError(f"--prompt-template {template!r} does not format a class name "
+        raise InputError(f"`template` {template!r} does not format a class name "
                          f"({type(exc).__name__}: {exc}); {hint}") from None
 
 
@@ -76,10 +76,9 @@ def background_vocabulary(label: str, background: Sequence[str] | None = None,
             seen.add(_norm(name))
     if len(out) == 1:
         given = ", ".join(repr(n) for n in names) or "nothing"
-        raise InputError(f"--vocab leaves the label {label!r} nothing to compete with in CLIP (given: {given}; "
-                         "the label and its synonyms are left out), so its CAM would be flat; "
-                         "name other classes, e.g. --vocab dog --vocab person, or drop --vocab for the "
-                         "PASCAL and COCO names")
+        raise InputError(f"`background` leaves the label {label!r} nothing to compete with in CLIP (given: "
+                         f"{given}; the label and its synonyms are left out), so its CAM would be flat; name "
+                         "other classes in `background`, or leave it out for the PASCAL and COCO names")
     return out
 
 
