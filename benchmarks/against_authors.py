@@ -22,10 +22,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
-import json
 import statistics
 import sys
-import time
 import types
 from pathlib import Path
 from unittest import mock
@@ -35,17 +33,11 @@ import open_clip
 import torch
 from torchvision.models import resnet50
 
-from imrseg.clip.cam import openai_fp16_round_trip
-from imrseg.data.classes import PASCAL_CLASSES
-from imrseg.models import IMRHSNet
-from imrseg.transforms import clip_input, network_input
+import authors_pipeline
+from common import LABEL, images, recipe_clip, recipe_network, report, timed
 from imrseg.clip.vocabulary import DEFAULT_TEMPLATE, background_vocabulary
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-import authors_pipeline  # noqa: E402
-from bench_segment import LABEL, images  # noqa: E402
-from recipe import apply_recipe  # noqa: E402
+from imrseg.data.classes import PASCAL_CLASSES
+from imrseg.transforms import clip_input, network_input
 
 
 def import_authors(checkout: Path):
@@ -63,12 +55,6 @@ def import_authors(checkout: Path):
     return clip, grad_cam.GradCAM, network.HypercorrSqueezeNetwork_imr
 
 
-def timed(fn):
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--authors", type=Path, required=True, help="a checkout of Whileherham/IMR-HSNet")
@@ -77,8 +63,8 @@ def main() -> None:
     args = parser.parse_args()
     their_clip_module, GradCAM, TheirNetwork = import_authors(args.authors.resolve())
 
-    net = apply_recipe(IMRHSNet("resnet50")).eval()
-    clip = openai_fp16_round_trip(apply_recipe(open_clip.create_model("RN50-quickgelu", pretrained=None))).eval()
+    net = recipe_network().eval()
+    clip = recipe_clip().eval()
     # Theirs: their build_model (which rounds the weights through fp16 itself), then fp32 as
     # clip.load does on CPU; gradients on in both, as nothing in their CAM pass turns them off.
     their_clip = their_clip_module.build_model(
@@ -129,7 +115,7 @@ def main() -> None:
         # other pair's work finds the allocator in a different state.
         for pair in (("their_cam", "emulated_cam"), ("their_network", "emulated_network")):
             for name in pair[::-1] if repeat % 2 else pair:
-                seconds[name].append(timed(pieces[name]))
+                seconds[name].append(timed(pieces[name]).wall)
     median = {name: statistics.median(s) for name, s in seconds.items()}
     result = {
         "torch_threads": torch.get_num_threads(), "steps": args.steps, "repeats": args.repeats,
@@ -138,10 +124,9 @@ def main() -> None:
         "network_ratio": round(median["emulated_network"] / median["their_network"], 3),
         "cam_max_abs_diff": cam_diff, "logit_max_abs_diff": logit_diff,
     }
-    print(f"CAM: theirs {median['their_cam']:.3f} s, emulated {median['emulated_cam']:.3f} s   "
-          f"network: theirs {median['their_network']:.3f} s, emulated {median['emulated_network']:.3f} s   "
-          f"max |diff| CAM {cam_diff:.1e}, logits {logit_diff:.1e}", file=sys.stderr)
-    print(json.dumps(result))
+    report(result, f"CAM: theirs {median['their_cam']:.3f} s, emulated {median['emulated_cam']:.3f} s   "
+                   f"network: theirs {median['their_network']:.3f} s, emulated {median['emulated_network']:.3f} s   "
+                   f"max |diff| CAM {cam_diff:.1e}, logits {logit_diff:.1e}")
 
 
 if __name__ == "__main__":

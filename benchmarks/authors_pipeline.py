@@ -18,6 +18,9 @@ It does the work the authors' code does, and no more:
   correlation recomputed, HSNet's channel-major 4D convolution (index_select
   pruning, permute + contiguous around each 2D convolution) and each IMR gate's 1x1
   convolution over the whole [mask, encoded, mid feature, state] concatenation.
+  Its two halves, `encode_episode` (backbones, masking, first pyramids) and
+  `refine_episode` (the steps, one pair of logits each), are also the training
+  forward `bench_train.py` scores.
 - `predict_mask_nshot`: their K-shot vote at the query's own size.
 """
 from __future__ import annotations
@@ -166,32 +169,52 @@ def _mask(taps, mask):
         taps[i] = t * F.interpolate(mask.unsqueeze(1), t.shape[-2:], mode="bilinear", align_corners=True)
 
 
-def forward(net, query_img, support_img, query_cam, support_cam, steps):
-    """Query logits (B,2,100,100) of the last step, computed as the authors do."""
+def _pyramids(q_taps, s_taps, slices):
+    """Both branches' correlation pyramids: built before a step and held through it."""
+    return _correlation(q_taps, s_taps, slices), _correlation(s_taps, q_taps, slices)
+
+
+def encode_episode(net, query_img, support_img, query_cam, support_cam):
+    """What their forward computes before the steps, for both branches (query,
+    support): the backbones' taps, each masked by the other image's CAM; the mid
+    features (the middle stage's taps summed, at the state's size); the first
+    correlation pyramids. Returns (taps, slices, mids, pyramids)."""
     q_taps, s_taps = _taps(net, query_img), _taps(net, support_img)
     slices = stage_slices(net.spec, len(q_taps))
-
-    def mid(taps):
-        m = F.interpolate(sum(taps[slices[1]]), STATE_SIZE, mode="bilinear", align_corners=True)
-        return net.conv1024_512(m) if hasattr(net, "conv1024_512") else m
-
-    q_mid, s_mid = mid(q_taps), mid(s_taps)
+    mids = [F.interpolate(sum(t[slices[1]]), STATE_SIZE, mode="bilinear", align_corners=True) for t in (q_taps, s_taps)]
     _mask(q_taps, support_cam)
     _mask(s_taps, query_cam)
-    q_prior, s_prior = query_cam.unsqueeze(1), support_cam.unsqueeze(1)
-    q_state = s_state = net.state.expand(query_img.shape[0], -1, -1, -1)
-    # Both branches' correlation pyramids are built before a step and held through it.
-    q_corr, s_corr = _correlation(q_taps, s_taps, slices), _correlation(s_taps, q_taps, slices)
+    return (q_taps, s_taps), slices, mids, _pyramids(q_taps, s_taps, slices)
+
+
+def refine_episode(net, taps, slices, mids, pyramids, priors, steps):
+    """Their refinement steps from `encode_episode`'s results and the first priors
+    (the CAMs, (B,1,50,50) each): yields each step's (query, support) logits. Every
+    step runs both branches; after each but the last, each branch's features are
+    masked by its own foreground probability, both pyramids rebuilt and the
+    probabilities become the next priors. The mids go through the net's 1024->512
+    convolution first, where it has one."""
+    (q_taps, s_taps), (q_corr, s_corr), (q_prior, s_prior) = taps, pyramids, priors
+    q_mid, s_mid = (net.conv1024_512(m) if hasattr(net, "conv1024_512") else m for m in mids)
+    q_state = s_state = net.state.expand(q_prior.shape[0], -1, -1, -1)
     for step in range(steps):
         q_logit, q_state = _imr_step(net, _hpn(net.hpn_learner, q_corr), q_mid, q_prior, q_state)
         s_logit, s_state = _imr_step(net, _hpn(net.hpn_learner, s_corr), s_mid, s_prior, s_state)
+        yield q_logit, s_logit
         if step < steps - 1:
             q_prob, s_prob = q_logit.softmax(1)[:, 1], s_logit.softmax(1)[:, 1]
             _mask(q_taps, q_prob)
             _mask(s_taps, s_prob)
-            q_corr, s_corr = _correlation(q_taps, s_taps, slices), _correlation(s_taps, q_taps, slices)
+            q_corr, s_corr = _pyramids(q_taps, s_taps, slices)
             q_prior = F.interpolate(q_prob.unsqueeze(1), STATE_SIZE, mode="bilinear", align_corners=True)
             s_prior = F.interpolate(s_prob.unsqueeze(1), STATE_SIZE, mode="bilinear", align_corners=True)
+
+
+def forward(net, query_img, support_img, query_cam, support_cam, steps):
+    """Query logits (B,2,100,100) of the last step, computed as the authors do."""
+    taps, slices, mids, pyramids = encode_episode(net, query_img, support_img, query_cam, support_cam)
+    priors = query_cam.unsqueeze(1), support_cam.unsqueeze(1)
+    *_, (q_logit, _) = refine_episode(net, taps, slices, mids, pyramids, priors, steps)
     return q_logit
 
 

@@ -29,48 +29,22 @@ is the steadier measure of the work done). The LAST stdout line is one JSON obje
 from __future__ import annotations
 
 import argparse
-import json
-import resource
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
-from imrseg.clip.cam import ClipCAM, openai_fp16_round_trip
+from common import gflop, images, recipe_clip, recipe_network, report, timed, write_recipe_weight_files
+from imrseg.clip.cam import ClipCAM
 from imrseg.devices import resolve_device
-from imrseg.models import IMRHSNet
 from imrseg.predictor import Predictor
 from imrseg.transforms import network_input
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-# The recipe weights are a test fixture: the same deterministic weights the golden outputs use.
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from bench_segment import images  # noqa: E402
-from recipe import apply_recipe, write_recipe_weight_files  # noqa: E402
-
 CLASSES = ["dog", "cat", "bird", "car"]
-
-
-def cpu_seconds() -> float:
-    """CPU time of this process and of its finished child processes (the commands)."""
-    children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return time.process_time() + children.ru_utime + children.ru_stime
-
-
-def timed(fn, device) -> tuple[float, float]:
-    """(wall, CPU) seconds of fn()."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    wall, cpu = time.perf_counter(), cpu_seconds()
-    fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter() - wall, cpu_seconds() - cpu
 
 
 def batches(queries, batch_size):
@@ -97,10 +71,10 @@ def zero_shot(predictor, queries, batch_size, two_branches: bool) -> None:
             predictor.predict_zero_shot(batch, "dog")
             continue
         predictor.set_zero_shot(["dog"])
-        cams = predictor._cams(batch, ["dog"])[0]
+        cams = predictor.cams(batch, ["dog"])[0]
         sizes = [(im.height, im.width) for im in batch]
-        with predictor._network():
-            query = predictor.model.encode(predictor._inputs(batch))
+        with predictor.inference():
+            query = predictor.model.encode(predictor.network_inputs(batch))
             predictor.model.segment(query, cams, [(query.index(slice(None)), cams.clone())], predictor.steps,
                                     sizes, every_step=True)
 
@@ -145,15 +119,6 @@ def time_commands(device, steps: int, queries: int, repeats: int) -> dict:
     return result
 
 
-def gflop(fn) -> float:
-    """GFLOP of fn(), counted by torch (matrix products and convolutions)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    with FlopCounterMode(display=False) as counter:
-        fn()
-    return counter.get_total_flops() / 1e9
-
-
 def alternate(first, second, names: tuple[str, str], repeats, device, queries: int) -> dict:
     """Per-query medians of both, wall and CPU, and second / first (the speedup)."""
     times = ([], [])
@@ -161,8 +126,8 @@ def alternate(first, second, names: tuple[str, str], repeats, device, queries: i
         times[0].append(timed(first, device))
         times[1].append(timed(second, device))
     out = {}
-    for clock, i in (("wall", 0), ("cpu", 1)):
-        a, b = (statistics.median(t[i] for t in ts) / queries for ts in times)
+    for clock in ("wall", "cpu"):
+        a, b = (statistics.median(getattr(t, clock) for t in ts) / queries for ts in times)
         out[clock] = {f"{names[0]}_s_per_query": round(a, 4), f"{names[1]}_s_per_query": round(b, 4),
                       "speedup": round(b / a, 3)}
     return out
@@ -219,20 +184,18 @@ def main() -> None:
     device = resolve_device(args.device)
     if args.commands:
         result = time_commands(device, args.steps, args.queries, args.repeats)
-        print(json.dumps({"device": str(device), "queries": args.queries, "steps": args.steps,
-                          "repeats": args.repeats, "commands": result}))
+        report({"device": str(device), "queries": args.queries, "steps": args.steps, "repeats": args.repeats,
+                "commands": result})
         return
     batch_size = args.batch_size or (8 if device.type == "cuda" else 2)
 
-    import open_clip
-
-    net = apply_recipe(IMRHSNet("resnet50")).to(device).eval()
-    clip = openai_fp16_round_trip(apply_recipe(open_clip.create_model("RN50-quickgelu", pretrained=None)))
+    net = recipe_network().to(device).eval()
+    clip = recipe_clip()
     cam = ClipCAM(clip, device=device)
     queries, supports = images(args.queries, 1), images(len(CLASSES), 2)
     q = args.queries
     if args.flops:
-        print(json.dumps(count_work(net, cam, device, args.steps, queries[0])))
+        report(count_work(net, cam, device, args.steps, queries[0]))
         return
     # Warm-up at the measured steps and batch size: first calls allocate and pick kernels.
     one_run(net, cam, device, args.steps, supports, CLASSES[:2], queries[:batch_size], batch_size)
@@ -253,9 +216,8 @@ def main() -> None:
                        lambda: zero_shot(predictor, queries, batch_size, True), ("shared", "two_branches"),
                        args.repeats, device, q)
     result["zero_shot"] = timing
-    print(f"zero-shot: shared vs two branches, speedup {timing['wall']['speedup']:.2f}x wall, "
-          f"{timing['cpu']['speedup']:.2f}x CPU", file=sys.stderr)
-    print(json.dumps(result))
+    report(result, f"zero-shot: shared vs two branches, speedup {timing['wall']['speedup']:.2f}x wall, "
+                   f"{timing['cpu']['speedup']:.2f}x CPU")
 
 
 if __name__ == "__main__":

@@ -23,81 +23,19 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import statistics
-import sys
-import threading
-import time
-from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
-from imrseg.clip.cam import ClipCAM, openai_fp16_round_trip
-from imrseg.devices import check_precision, resolve_device
+import authors_pipeline
+from common import LABEL, PeakMemory, gflop, images, recipe_clip, recipe_network, report, timed
+from imrseg.clip.cam import ClipCAM
+from imrseg.clip.vocabulary import background_vocabulary
 from imrseg.data.classes import PASCAL_CLASSES
-from imrseg.models import IMRHSNet
+from imrseg.devices import check_precision, resolve_device
 from imrseg.predictor import Predictor
 from imrseg.transforms import network_input
-from imrseg.clip.vocabulary import background_vocabulary
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-# The recipe weights are a test fixture: the same deterministic weights the golden outputs use.
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-import authors_pipeline  # noqa: E402
-from recipe import apply_recipe  # noqa: E402
-
-LABEL = "dog"
-
-
-def images(count: int, seed: int) -> list[Image.Image]:
-    """Smooth random pictures of assorted sizes (photo-like, not white noise)."""
-    rng = np.random.default_rng(seed)
-    out = []
-    for _ in range(count):
-        w, h = int(rng.integers(320, 640)), int(rng.integers(240, 480))
-        small = rng.integers(0, 255, (h // 16 + 1, w // 16 + 1, 3), dtype=np.uint8)
-        out.append(Image.fromarray(small).resize((w, h), Image.BICUBIC))
-    return out
-
-
-class PeakMemory:
-    """Peak host RSS (sampled) or peak CUDA allocation above the start, in MiB."""
-
-    def __init__(self, device):
-        self.device = device
-
-    def __enter__(self):
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
-            self.start = torch.cuda.memory_allocated(self.device)
-        else:
-            self.start = self.peak = _rss()
-            self.running = True
-            self.thread = threading.Thread(target=self._sample, daemon=True)
-            self.thread.start()
-        return self
-
-    def _sample(self):
-        while self.running:
-            self.peak = max(self.peak, _rss())
-            time.sleep(0.005)
-
-    def __exit__(self, *exc):
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            self.mib = (torch.cuda.max_memory_allocated(self.device) - self.start) / 2**20
-        else:
-            self.running = False
-            self.thread.join()
-            self.mib = (self.peak - self.start) / 2**20
-
-
-def _rss() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * 4096
 
 
 def per_episode(net, clip, cam, vocabulary, queries, supports, steps, device):
@@ -107,10 +45,9 @@ def per_episode(net, clip, cam, vocabulary, queries, supports, steps, device):
     seconds = {"cam": [], "network": []}
 
     def coarse_mask(image):
-        took, mask = timed(lambda: authors_pipeline.cam(clip, tokens, cam.preprocess(image)[None].to(device), 0),
-                           device)
-        seconds["cam"].append(took)
-        return mask.to(device)
+        run = timed(lambda: authors_pipeline.cam(clip, tokens, cam.preprocess(image)[None].to(device), 0), device)
+        seconds["cam"].append(run.wall)
+        return run.result.to(device)
 
     # Their CAM pass: every image once, whatever number of episodes it appears in.
     query_cams = [coarse_mask(query) for query in queries]
@@ -122,10 +59,9 @@ def per_episode(net, clip, cam, vocabulary, queries, supports, steps, device):
         shots = []
         for support_img, s_cam in zip(support_imgs, support_cams):
             with torch.no_grad():  # as their test script
-                took, logit = timed(lambda: authors_pipeline.forward(net, query_img, support_img, q_cam, s_cam,
-                                                                     steps), device)
-            seconds["network"].append(took)
-            shots.append(logit[0])
+                run = timed(lambda: authors_pipeline.forward(net, query_img, support_img, q_cam, s_cam, steps), device)
+            seconds["network"].append(run.wall)
+            shots.append(run.result[0])
         logits.append(torch.stack(shots).float().cpu())
         masks.append(authors_pipeline.predict_mask_nshot(logits[-1], query.size[::-1]).numpy())
     return logits, masks, seconds
@@ -148,39 +84,29 @@ def folder_logits(predictor, queries, predictions, steps, batch_size):
     for i in range(0, len(queries), batch_size):
         images = queries[i:i + batch_size]
         cams = torch.from_numpy(np.stack([p.cam for p in predictions[i:i + batch_size]])).to(device)
-        with predictor._network():
-            feats = predictor.model.encode(torch.stack([network_input(im) for im in images]).to(device))
+        with predictor.inference():
+            feats = predictor.model.encode(predictor.network_inputs(images))
             per_shot = [predictor.model.refine(feats, support, cams, support_cam, steps, with_support=False)[0][-1]
-                        for support, support_cam in predictor._shots[LABEL]]
+                        for support, support_cam in predictor.shots(LABEL)]
         out += [torch.stack([shot[b] for shot in per_shot]).float().cpu() for b in range(len(images))]
     return out
 
 
-def timed(fn, device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    result = fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter() - start, result
-
-
-def flops_per_query(predictor, query, steps) -> tuple[float, float]:
-    """(network, CLIP forward) FLOPs for one query against the cached supports. The
+def gflop_per_query(predictor, query, steps) -> tuple[float, float]:
+    """(network, CLIP forward) GFLOP for one query against the cached supports. The
     Grad-CAM backward pass (from the last block on) is not counted: the counter
     cannot follow autograd.grad."""
-    from torch.utils.flop_counter import FlopCounterMode
 
-    with FlopCounterMode(display=False) as network, predictor._network():
-        feats = predictor.model.encode(network_input(query)[None].to(predictor.device))
+    def network():
+        feats = predictor.model.encode(predictor.network_inputs([query]))
         cams = torch.zeros(1, 50, 50, device=predictor.device)
-        for support, support_cam in predictor._shots[LABEL]:
+        for support, support_cam in predictor.shots(LABEL):
             predictor.model.refine(feats, support, cams, support_cam, steps, with_support=False)
+
+    with predictor.inference():
+        network_gflop = gflop(network)
     text = predictor.cam.text_features(predictor.vocabulary(LABEL))  # once per vocabulary, not per query
-    with FlopCounterMode(display=False) as clip:
-        predictor.cam.probabilities(predictor.cam.batch([query]), text)
-    return network.get_total_flops(), clip.get_total_flops()
+    return network_gflop, gflop(lambda: predictor.cam.probabilities(predictor.cam.batch([query]), text))
 
 
 def throughput(net, cam, device, steps, supports, queries) -> dict:
@@ -194,8 +120,8 @@ def throughput(net, cam, device, steps, supports, queries) -> dict:
             pool = (queries * (2 * batch // len(queries) + 2))[: 2 * batch]
             try:
                 predictor.predict_batch(pool[:batch], steps)  # warm-up
-                seconds, _ = timed(lambda: [predictor.predict_batch(pool[i:i + batch], steps)
-                                            for i in range(0, len(pool), batch)], device)
+                seconds = timed(lambda: [predictor.predict_batch(pool[i:i + batch], steps)
+                                         for i in range(0, len(pool), batch)], device).wall
             except torch.cuda.OutOfMemoryError:
                 break
             rates[batch] = len(pool) / seconds
@@ -222,10 +148,8 @@ def main() -> None:
     precision = check_precision(args.precision, device)
     batch_size = args.batch_size or (8 if device.type == "cuda" else 2)
 
-    import open_clip
-
-    net = apply_recipe(IMRHSNet("resnet50")).to(device).eval()
-    clip = openai_fp16_round_trip(apply_recipe(open_clip.create_model("RN50-quickgelu", pretrained=None)))
+    net = recipe_network().to(device).eval()
+    clip = recipe_clip()
     authors_clip = copy.deepcopy(clip).to(device).eval()  # with gradients on, as the authors'
     cam = ClipCAM(clip, device=device)
     # The authors' CAM vocabulary: the 20 PASCAL classes (the label is one of them).
@@ -243,15 +167,17 @@ def main() -> None:
     pieces = {"cam": [], "network": []}
     for _ in range(args.repeats):
         with PeakMemory(device) as mem:
-            seconds, (logits_a, masks_a, took) = timed(
-                lambda: per_episode(net, authors_clip, cam, vocabulary, queries, supports, args.steps, device), device)
-        times["a"].append(seconds)
+            run = timed(lambda: per_episode(net, authors_clip, cam, vocabulary, queries, supports, args.steps, device),
+                        device)
+        times["a"].append(run.wall)
+        logits_a, masks_a, took = run.result
         memory["a"] = max(memory["a"], mem.mib)
         for piece in pieces:
             pieces[piece] += took[piece]
         with PeakMemory(device) as mem:
-            seconds, preds = timed(lambda: folder(predictor, queries, supports, args.steps, batch_size), device)
-        times["b"].append(seconds)
+            run = timed(lambda: folder(predictor, queries, supports, args.steps, batch_size), device)
+        times["b"].append(run.wall)
+        preds = run.result
         memory["b"] = max(memory["b"], mem.mib)
 
     logits_b = folder_logits(predictor, queries, preds, args.steps, batch_size)
@@ -260,8 +186,7 @@ def main() -> None:
     per_episode_s = statistics.median(times["a"]) / args.queries
     per_query_s = statistics.median(times["b"]) / args.queries
     cam_s, network_s = statistics.median(pieces["cam"]), statistics.median(pieces["network"])
-    network_flops, clip_flops = flops_per_query(predictor, queries[0], args.steps)
-    flops = network_flops + clip_flops
+    network_gflop, clip_gflop = gflop_per_query(predictor, queries[0], args.steps)
     result = {
         "device": str(device), "torch_threads": torch.get_num_threads(), "precision": precision,
         "queries": args.queries, "supports": args.supports, "steps": args.steps, "batch_size": batch_size,
@@ -272,15 +197,14 @@ def main() -> None:
         "one_episode_s": round(2 * cam_s + network_s, 4),
         "max_abs_diff": diff, "mask_agreement": agree,
         "peak_mem_mib_per_episode": round(memory["a"], 1), "peak_mem_mib_folder": round(memory["b"], 1),
-        "gflop_per_query_network": round(network_flops / 1e9, 2), "gflop_per_query_clip": round(clip_flops / 1e9, 2),
-        "achieved_gflops": round(flops / 1e9 / per_query_s, 2),
+        "gflop_per_query_network": round(network_gflop, 2), "gflop_per_query_clip": round(clip_gflop, 2),
+        "achieved_gflops": round((network_gflop + clip_gflop) / per_query_s, 2),
     }
     if device.type == "cuda":
         result["throughput"] = throughput(net, cam, device, args.steps, supports, queries)
-    print(f"(a) per episode: {per_episode_s:.3f} s/query (CAM {cam_s:.3f} s, network {network_s:.3f} s)   "
-          f"(b) folder: {per_query_s:.3f} s/query   speedup {per_episode_s / per_query_s:.2f}x   "
-          f"max |diff| {diff:.2e}   masks agree {agree:.4%}", file=sys.stderr)
-    print(json.dumps(result))
+    report(result, f"(a) per episode: {per_episode_s:.3f} s/query (CAM {cam_s:.3f} s, network {network_s:.3f} s)   "
+                   f"(b) folder: {per_query_s:.3f} s/query   speedup {per_episode_s / per_query_s:.2f}x   "
+                   f"max |diff| {diff:.2e}   masks agree {agree:.4%}")
 
 
 if __name__ == "__main__":

@@ -26,54 +26,29 @@ import argparse
 import copy
 import json
 import statistics
-import sys
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-# The recipe weights are a test fixture: the same deterministic weights the golden outputs use.
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from authors_pipeline import _correlation, _hpn, _imr_step, _mask, _taps  # noqa: E402
-from bench_segment import PeakMemory, timed  # noqa: E402
-
-from imrseg.devices import resolve_device  # noqa: E402
-from imrseg.models import IMRHSNet  # noqa: E402
-from imrseg.models.backbone import extract_taps, stage_slices  # noqa: E402
-from imrseg.models.imr import STATE_SIZE  # noqa: E402
-from recipe import apply_recipe  # noqa: E402
+import authors_pipeline
+from common import PeakMemory, recipe_network, report, timed
+from imrseg.devices import resolve_device
+from imrseg.models.backbone import extract_taps, stage_slices
+from imrseg.models.imr import STATE_SIZE
 
 
 def authors_loss(net, query_img, support_img, query_cam, support_cam, query_mask, support_mask, steps):
     """Their forward with query_mask given (hsnet_imr.py): the first correlation under
     no-grad, every step's logits upsampled to the image size and scored, summed."""
     with torch.no_grad():
-        q_taps, s_taps = _taps(net, query_img), _taps(net, support_img)
-        slices = stage_slices(net.spec, len(q_taps))
-        q_mid_raw = F.interpolate(sum(q_taps[slices[1]]), STATE_SIZE, mode="bilinear", align_corners=True)
-        s_mid_raw = F.interpolate(sum(s_taps[slices[1]]), STATE_SIZE, mode="bilinear", align_corners=True)
-        _mask(q_taps, support_cam)
-        _mask(s_taps, query_cam)
-        # Both branches' correlation pyramids are built before a step and held through it.
-        q_corr, s_corr = _correlation(q_taps, s_taps, slices), _correlation(s_taps, q_taps, slices)
-    mids = [net.conv1024_512(m) if hasattr(net, "conv1024_512") else m for m in (q_mid_raw, s_mid_raw)]
-    q_prior, s_prior = query_cam.unsqueeze(1), support_cam.unsqueeze(1)
-    q_state = s_state = net.state.expand(query_img.shape[0], -1, -1, -1)
+        taps, slices, mids, pyramids = authors_pipeline.encode_episode(net, query_img, support_img, query_cam,
+                                                                       support_cam)
+    priors = query_cam.unsqueeze(1), support_cam.unsqueeze(1)
     loss = 0
-    for step in range(steps):
-        q_logit, q_state = _imr_step(net, _hpn(net.hpn_learner, q_corr), mids[0], q_prior, q_state)
-        s_logit, s_state = _imr_step(net, _hpn(net.hpn_learner, s_corr), mids[1], s_prior, s_state)
-        for logit, mask in ((q_logit, query_mask), (s_logit, support_mask)):
+    for logits in authors_pipeline.refine_episode(net, taps, slices, mids, pyramids, priors, steps):
+        for logit, mask in zip(logits, (query_mask, support_mask)):
             full = F.interpolate(logit, mask.shape[-2:], mode="bilinear", align_corners=True)
             loss = loss + F.cross_entropy(full.flatten(2), mask.flatten(1))
-        if step < steps - 1:
-            q_prob, s_prob = q_logit.softmax(1)[:, 1], s_logit.softmax(1)[:, 1]
-            _mask(q_taps, q_prob)
-            _mask(s_taps, s_prob)
-            q_corr, s_corr = _correlation(q_taps, s_taps, slices), _correlation(s_taps, q_taps, slices)
-            q_prior = F.interpolate(q_prob.unsqueeze(1), STATE_SIZE, mode="bilinear", align_corners=True)
-            s_prior = F.interpolate(s_prob.unsqueeze(1), STATE_SIZE, mode="bilinear", align_corners=True)
     return loss
 
 
@@ -112,7 +87,7 @@ def backbone_share(net, inputs, device) -> dict:
     per image: the cost and the saving of caching them across epochs."""
     images = torch.cat(inputs[:2])
     with torch.no_grad():
-        seconds, taps = timed(lambda: extract_taps(net.backbone_name, net.backbone, images), device)
+        seconds, _, taps = timed(lambda: extract_taps(net.backbone_name, net.backbone, images), device)
         slices = stage_slices(net.spec, len(taps))
         stage_values = sum(t[0].numel() for sl in slices for t in taps[sl])
         positions = sum(len(taps[sl]) * taps[sl][0][0, 0].numel() for sl in slices)  # the norms
@@ -132,7 +107,7 @@ def main() -> None:
     args = parser.parse_args()
     device = resolve_device(args.device)
     torch.manual_seed(0)
-    ours = apply_recipe(IMRHSNet(args.backbone)).to(device).train()
+    ours = recipe_network(args.backbone).to(device).train()
     theirs = copy.deepcopy(ours)
     inputs = batch(args.batch, 0, device)
 
@@ -154,8 +129,7 @@ def main() -> None:
         peak[k] = memory.mib
     for _ in range(args.repeats):
         for k, (fn, net) in paths.items():
-            took, _ = timed(lambda: iteration(fn, net, optimizers[k], inputs, args.steps), device)
-            seconds[k].append(took)
+            seconds[k].append(timed(lambda: iteration(fn, net, optimizers[k], inputs, args.steps), device).wall)
     median = {k: statistics.median(v) for k, v in seconds.items()}
     result = {"device": str(device), "backbone": args.backbone, "batch": args.batch, "steps": args.steps,
               "threads": torch.get_num_threads(), "s_per_iteration": median,
@@ -164,7 +138,7 @@ def main() -> None:
     result["backbone_share_of_ours"] = result["backbone_s_per_iteration"] / median["ours"]
     print(f"s/iteration: authors {median['authors']:.2f}, imrseg {median['ours']:.2f} "
           f"({result['speedup']:.2f}x); peak MiB authors {peak['authors']:.0f}, imrseg {peak['ours']:.0f}")
-    print(json.dumps(result))
+    report(result)
 
 
 if __name__ == "__main__":

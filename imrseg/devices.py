@@ -22,17 +22,17 @@ def resolve_device(spec: str = "auto"):
     match = re.fullmatch(r"cuda(?::(\d+))?", spec)
     if match:
         if not torch.cuda.is_available():
-            raise InputError(f"--device {spec}: CUDA was requested but this torch sees no CUDA GPU; "
-                             "use --device cpu (or auto)")
+            raise InputError(f"`device` {spec}: CUDA was requested but this torch sees no CUDA GPU; "
+                             "use `device` cpu (or auto)")
         index = int(match.group(1) or 0)
         if index >= torch.cuda.device_count():
-            raise InputError(f"--device {spec}: only {torch.cuda.device_count()} CUDA device(s) visible")
+            raise InputError(f"`device` {spec}: only {torch.cuda.device_count()} CUDA device(s) visible")
         return torch.device("cuda", index)
     if spec == "mps":
         if not mps_ok:
-            raise InputError("--device mps: MPS is not available here; use --device cpu (or auto)")
+            raise InputError("`device` mps: MPS is not available here; use `device` cpu (or auto)")
         return torch.device("mps")
-    raise InputError(f"--device {spec}: unknown device; use auto, cpu, cuda, cuda:N or mps")
+    raise InputError(f"`device` {spec}: unknown device; use auto, cpu, cuda, cuda:N or mps")
 
 
 def default_batch_size(device) -> int:
@@ -43,9 +43,9 @@ def default_batch_size(device) -> int:
 
 def check_precision(precision: str, device) -> str:
     if precision not in PRECISIONS:
-        raise InputError(f"--precision {precision}: expected one of {', '.join(PRECISIONS)}")
+        raise InputError(f"`precision` {precision}: expected one of {', '.join(PRECISIONS)}")
     if precision == "fp16" and device.type == "cpu":
-        raise InputError("--precision fp16 needs a GPU; use fp32 or bf16 on the CPU")
+        raise InputError("`precision` fp16 needs a GPU; use fp32 or bf16 on the CPU")
     return precision
 
 

@@ -215,9 +215,9 @@ def _decode(path: Path, max_pixels: int | None, draft_size: int | None,
     """The checks and decoding `load_image` describes, `convert` turning the decoded
     picture into the result's mode; (upright result, displayed full size)."""
     if max_pixels is not None and max_pixels < 0:
-        raise InputError(f"--max-pixels must be 0 or more, not {max_pixels}")
+        raise InputError(f"`max_pixels` must be 0 or more, not {max_pixels}")
     if draft_size is not None and draft_size < 0:
-        raise InputError(f"draft size must be 0 or more, not {draft_size}")
+        raise InputError(f"`draft_size` must be 0 or more, not {draft_size}")
     limit = max_pixels or DEFAULT_MAX_PIXELS
     long_side = DEFAULT_DRAFT_SIZE if draft_size is None else draft_size
 
@@ -252,7 +252,7 @@ def _decode(path: Path, max_pixels: int | None, draft_size: int | None,
         if width * height > limit:
             raise InputError(
                 f"{show_path(path)}: image has {width * height} pixels, over the limit of {limit} "
-                "(decompression-bomb guard); pass --max-pixels to raise it"
+                "(decompression-bomb guard); pass `max_pixels` to raise it"
             )
         # Sizes are in the decoder's frame until the final transpose; _fit is the same
         # in either frame, so the draft needs no orientation.

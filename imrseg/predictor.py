@@ -60,7 +60,7 @@ class ClassPredictions:
 
     @cached_property
     def index_mask(self) -> np.ndarray:
-        """(H, W) uint8: 0 background, i the i-th class (see `imrseg.labels`)."""
+        """(H, W) uint8: 0 background, i the i-th class (see `imrseg.multiclass`)."""
         preds = list(self.by_label.values())
         return index_mask([p.mask for p in preds], [p.prob for p in preds])
 
@@ -110,9 +110,9 @@ class Predictor:
                         precision: str = "fp32", steps: int | None = None, vocabulary: Sequence[str] | None = None,
                         template: str | None = None, cam_mode: str = "official",
                         hub_namespace: str | None = None) -> "Predictor":
-        """A ready predictor from weight specs (see `imrseg.hub`): `weights` any
-        `--weights` spec (default: the registry's default checkpoint), `clip` any
-        `--clip-weights` spec (default: OpenAI's RN50). `steps` None: the checkpoint's."""
+        """A ready predictor from weight specs (see `imrseg.hub`): `weights` any network
+        weights spec (default: the registry's default checkpoint), `clip` any CLIP
+        weights spec (default: OpenAI's RN50). `steps` None: the checkpoint's."""
         from .clip.cam import ClipCAM
         from .hub import resolve_clip, resolve_steps, resolve_weights
 
@@ -155,9 +155,9 @@ class Predictor:
             if masks is not None:
                 cams = torch.stack([mask_to_cam(m) for m in masks])
             else:
-                cams = self._cams(images, [label])[0]
-            with self._network():
-                features = self.model.encode(self._inputs(images))
+                cams = self.cams(images, [label])[0]
+            with self.inference():
+                features = self.model.encode(self.network_inputs(images))
             cams = cams.to(self.device)
             self._shots[label] = [(features.index(slice(k, k + 1)), cams[k:k + 1]) for k in range(len(images))]
 
@@ -199,10 +199,10 @@ class Predictor:
         if not self._shots:
             raise InputError("no classes: call set_supports (or set_zero_shot) first")
         labels = self.labels
-        cams = self._cams(images, labels)
+        cams = self.cams(images, labels)
         out_sizes = [(h, w) for w, h in (sizes or [im.size for im in images])]
-        with self._network():
-            query = self.model.encode(self._inputs(images))
+        with self.inference():
+            query = self.model.encode(self.network_inputs(images))
             per_class = [self.model.segment(query, cams[v], self.shots(label), steps or self.steps, out_sizes,
                                             every_step=True) for v, label in enumerate(labels)]
         return [ClassPredictions({label: _prediction(per_class[v][b], cams[v][b]) for v, label in enumerate(labels)})
@@ -215,20 +215,22 @@ class Predictor:
         return self.predict_batch(images, steps, sizes)
 
     # ------------------------------------------------------------------ shared
-    def _cams(self, images: Sequence[Image.Image], labels: Sequence[str]) -> torch.Tensor:
+    def cams(self, images: Sequence[Image.Image], labels: Sequence[str]) -> torch.Tensor:
         """(V, N, 50, 50) coarse masks of the images for each label, one CLIP forward."""
         if self.cam is None:
-            raise InputError("no CLIP model to compute coarse masks: give the Predictor a ClipCAM")
+            raise InputError("no CLIP model to compute coarse masks: give the Predictor a ClipCAM as `cam`")
         vocabularies = [self.vocabulary(label) for label in labels]
         return self.cam.cams_for_labels(list(images), vocabularies, size=CAM_SIZE).to(self.device)
 
-    def _network(self):
+    def inference(self):
+        """The context the network runs in: no autograd, the predictor's precision."""
         stack = contextlib.ExitStack()
         stack.enter_context(torch.inference_mode())
         stack.enter_context(autocast(self.device, self.precision))
         return stack
 
-    def _inputs(self, images: Sequence[Image.Image]) -> torch.Tensor:
+    def network_inputs(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """The images as the network's (N, 3, 400, 400) batch on the predictor's device."""
         return torch.stack([network_input(im) for im in images]).to(self.device)
 
 

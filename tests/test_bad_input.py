@@ -166,3 +166,21 @@ def test_library_errors_name_parameters_and_the_cli_names_flags():
     assert in_terms_of(f"{param('max_pixels')} must be 1 or more; see `imrseg segment`", flags) == \
         "--max-pixels must be 1 or more; see `imrseg segment`"
     assert parameter_flags(typer.main.get_command(app), "export")["out"] == "OUT"
+
+
+@pytest.mark.parametrize("max_pixels, message", [
+    ("-1", "--max-pixels must be 0 or more, not -1"),
+    ("100", "a.png: image has 1200 pixels, over the limit of 100 (decompression-bomb guard); "
+            "pass --max-pixels to raise it"),
+])
+def test_the_command_names_the_max_pixels_flag(tmp_path, monkeypatch, max_pixels, message):
+    from typer.testing import CliRunner
+
+    from imrseg.cli import _register, app
+
+    _register()
+    monkeypatch.chdir(tmp_path)
+    Image.new("RGB", (40, 30)).save(tmp_path / "a.png")
+    result = CliRunner().invoke(app, ["segment", "-l", "cat", "-s", "a.png", "-q", "a.png", "-o", "out",
+                                      "--max-pixels", max_pixels])
+    assert result.exit_code == 2 and result.output == f"imrseg: error: {message}\n", result.output

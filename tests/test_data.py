@@ -17,11 +17,12 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from imrseg.data import splits
+from imrseg.data import lists, splits
 from imrseg.data.datasets import BenchmarkData, ground_truth, nearest_resize
 from imrseg.data.episodes import sample_episodes
+from imrseg.data.lists import fetch_list, list_name, locate_list
 from imrseg.data.safe_pickle import safe_loads
-from imrseg.data.splits import Split, download_split, load_split, locate_split
+from imrseg.data.splits import Split, load_split
 from imrseg.errors import ImrsegError, InputError
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "splits"
@@ -116,7 +117,7 @@ def test_a_class_with_one_image_is_refused():
 def test_real_pascal_splits_parse(fold):
     split = load_split("pascal", fold, REFERENCE)
     assert split.official
-    assert sorted(split.classwise) == split.class_ids == [5 * fold + i for i in range(5)]
+    assert tuple(sorted(split.classwise)) == split.class_ids == tuple(5 * fold + i for i in range(5))
     lines = [line for line in (REFERENCE / f"pascal/val/fold{fold}.txt").read_text().splitlines() if line]
     assert len(split.entries) == len(lines)
     name, cls = lines[0].split("__")
@@ -137,11 +138,31 @@ def test_split_layouts_are_found(tmp_path):
     for folder in (tmp_path / "a" / "pascal" / "val", tmp_path / "b" / "val", tmp_path / "c"):
         folder.mkdir(parents=True)
         (folder / "fold2.txt").write_text("x__11\ny__11\n")
-    assert locate_split("pascal", 2, tmp_path / "a") == tmp_path / "a/pascal/val/fold2.txt"
-    assert locate_split("pascal", 2, tmp_path / "b") == tmp_path / "b/val/fold2.txt"
+    assert locate_list("pascal/val/fold2.txt", tmp_path / "a") == tmp_path / "a/pascal/val/fold2.txt"
+    assert locate_list("pascal/val/fold2.txt", tmp_path / "b") == tmp_path / "b/val/fold2.txt"
     assert load_split("pascal", 2, tmp_path / "c").entries == (("x", 10), ("y", 10))
-    with pytest.raises(InputError, match="no fold1.txt"):
-        locate_split("pascal", 1, tmp_path / "c")
+    with pytest.raises(InputError, match="no pascal/val/fold1.txt"):
+        locate_list("pascal/val/fold1.txt", tmp_path / "c")
+    # A flat folder holds validation lists only: a training list's fold2.txt is not this one.
+    with pytest.raises(InputError, match="no pascal/trn/fold2.txt"):
+        locate_list("pascal/trn/fold2.txt", tmp_path / "c")
+    with pytest.raises(InputError, match="`splits_dir` is not a folder"):
+        load_split("pascal", 2, tmp_path / "nowhere")
+
+
+def test_lists_are_named_as_hsnets():
+    assert list_name("pascal", "val", 0) == "pascal/val/fold0.txt"
+    assert list_name("coco", "trn", 3) == "coco/trn/fold3.pkl"
+    assert list_name("fss", "test") == "fss/test.txt"
+
+
+@pytest.mark.parametrize("name, fold, message", [
+    ("voc", 0, "unknown `benchmark` 'voc'"),
+    ("pascal", 4, "`fold` must be 0-3, got 4"),
+])
+def test_bad_benchmark_or_fold_names_the_parameter(name, fold, message):
+    with pytest.raises(InputError, match=message):
+        load_split(name, fold)
 
 
 @pytest.mark.parametrize("text, message", [
@@ -153,6 +174,12 @@ def test_split_layouts_are_found(tmp_path):
 def test_bad_pascal_lines_are_named(tmp_path, text, message):
     (tmp_path / "fold0.txt").write_text(text)
     with pytest.raises(InputError, match=message):
+        load_split("pascal", 0, tmp_path)
+
+
+def test_a_list_that_is_not_text_is_named(tmp_path):
+    (tmp_path / "fold0.txt").write_bytes(b"\xff\xfe__01\n")
+    with pytest.raises(InputError, match="fold0.txt: not a text file"):
         load_split("pascal", 0, tmp_path)
 
 
@@ -239,7 +266,7 @@ def split_server(tmp_path, monkeypatch):
         target.write_bytes(real.read_bytes())
     else:
         target.write_bytes(b"2007_000033__01\n2007_000042__01\n")
-        monkeypatch.setitem(splits.SPLIT_SHA256, "pascal/val/fold0.txt",
+        monkeypatch.setitem(lists.OFFICIAL_SHA256, "pascal/val/fold0.txt",
                             hashlib.sha256(target.read_bytes()).hexdigest())
     handler = functools.partial(_QuietHandler, directory=str(root))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
@@ -265,37 +292,38 @@ def test_download_is_checked_and_cached(split_server, tmp_path):
     url, served = split_server
     cache = tmp_path / "cache"
     before = _QuietHandler.requests
-    path = download_split("pascal", 0, cache, url)
+    path = fetch_list("pascal/val/fold0.txt", cache, url)
     assert path == cache / "splits" / "pascal" / "val" / "fold0.txt"
     assert path.read_bytes() == served.read_bytes()
-    assert download_split("pascal", 0, cache, url) == path  # from the cache
+    assert fetch_list("pascal/val/fold0.txt", cache, url) == path  # from the cache
     assert _QuietHandler.requests == before + 1
     split = load_split("pascal", 0, cache_dir=cache, base_url=url)
     assert split.official and split.path == path
 
     path.write_bytes(b"tampered__01\n")  # a damaged cache copy is fetched again
-    assert download_split("pascal", 0, cache, url).read_bytes() == served.read_bytes()
+    assert fetch_list("pascal/val/fold0.txt", cache, url).read_bytes() == served.read_bytes()
 
 
 def test_download_with_wrong_checksum_is_refused(split_server, tmp_path):
     url, served = split_server
     served.write_bytes(served.read_bytes() + b"2099_000000__01\n")
     with pytest.raises(ImrsegError, match="refusing it"):
-        download_split("pascal", 0, tmp_path / "cache", url)
+        fetch_list("pascal/val/fold0.txt", tmp_path / "cache", url)
     assert not (tmp_path / "cache" / "splits" / "pascal" / "val" / "fold0.txt").exists()
 
 
 def test_download_failure_is_one_line(tmp_path):
-    with pytest.raises(ImrsegError, match="download failed.*--splits") as exc:
-        download_split("coco", 3, tmp_path, "http://127.0.0.1:9")
+    with pytest.raises(ImrsegError, match="download failed.*`splits_dir`") as exc:
+        fetch_list("coco/val/fold3.pkl", tmp_path, "http://127.0.0.1:9")
     assert "\n" not in str(exc.value)
 
 
 def test_pinned_urls_are_hsnets_commit():
-    assert splits.SPLITS_BASE_URL == ("https://raw.githubusercontent.com/juhongm999/hsnet/"
+    assert lists.SPLITS_BASE_URL == ("https://raw.githubusercontent.com/juhongm999/hsnet/"
                                       "6b1bc12b3ff9f3950f49c55ab6f089e8d9e0d191/data/splits")
-    assert sorted(splits.SPLIT_SHA256) == sorted(
-        f"{b}/val/fold{f}.{e}" for b, e in (("pascal", "txt"), ("coco", "pkl")) for f in range(4))
+    assert sorted(lists.OFFICIAL_SHA256) == sorted(
+        [f"{b}/{p}/fold{f}.{e}" for b, e in (("pascal", "txt"), ("coco", "pkl")) for p in ("val", "trn")
+         for f in range(4)] + [f"fss/{p}.txt" for p in ("trn", "val", "test")])
 
 
 # ---------------------------------------------------------- images and masks

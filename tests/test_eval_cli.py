@@ -1,13 +1,16 @@
 """`imrseg eval` end to end on a tiny synthetic VOC-layout data set, with recipe
-weights from local files: report, determinism, CAM cache, resuming, errors.
+weights from local files: report, determinism, CAM cache, resuming, errors; and
+`run_benchmark`, the library call it makes, giving the same numbers.
 No network: the split list, the IMR-HSNet and the CLIP weights are all local."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -17,6 +20,7 @@ import torch
 from PIL import Image
 
 from imrseg.cli import main
+from imrseg.evaluation import BenchmarkProgress, BenchmarkSettings, run_benchmark
 
 pytestmark = pytest.mark.slow
 
@@ -120,6 +124,54 @@ def test_eval_writes_report_is_deterministic_and_resumes(cli, voc, tmp_path):
     assert {k: resumed[k] for k in numbers} == {k: first[k] for k in numbers}
     assert resumed["resumed_episodes"] == 1 and resumed["cams_computed"] == 0
     assert state.read_text().splitlines()[1:] == [line.rstrip("\n") for line in lines[1:]]
+
+
+class Recorded(BenchmarkProgress):
+    """What run_benchmark tells; `stop_after` episodes counted, a Ctrl-C."""
+
+    def __init__(self, stop_after: int | None = None):
+        self.stop_after, self.episodes, self.interruptions, self.results = stop_after, [], [], []
+
+    @contextlib.contextmanager
+    def fold(self, settings):
+        def on_episode(done, total, meter):
+            self.episodes.append((settings.fold, done, total))
+            if done == self.stop_after:
+                raise KeyboardInterrupt
+
+        yield on_episode
+
+    def interrupted(self, fold, saved):
+        self.interruptions.append((fold, saved))
+
+    def finished(self, result):
+        self.results.append(result)
+
+
+def test_the_library_call_gives_the_commands_numbers(cli, voc, tmp_path, monkeypatch):
+    command, _ = _imr(voc, tmp_path, "command", tmp_path / "cache-a", cli)
+    monkeypatch.setenv("IMRSEG_CACHE", str(tmp_path / "cache-b"))
+    settings = BenchmarkSettings("pascal", voc.data, fold=0, splits=voc.splits, episodes=2, steps=1,
+                                 weights=str(voc.weights), clip_weights=str(voc.clip), device="cpu", batch_size=2,
+                                 report=tmp_path / "library.json")
+    progress = Recorded()
+    [result] = run_benchmark(settings, progress)
+    library = json.loads((tmp_path / "library.json").read_text())
+    assert {k: v for k, v in library.items() if k != "seconds"} == {k: v for k, v in command.items() if k != "seconds"}
+    assert (result.miou, result.fb_iou, result.per_class) == (command["miou"], command["fb_iou"], command["per_class"])
+    assert progress.results == [result] and progress.episodes == [(0, 1, 2), (0, 2, 2)]
+    assert progress.interruptions == []
+
+    # Ctrl-C after the first episode: it is saved, said, and the same settings continue from it.
+    [state] = (tmp_path / "cache-b" / "eval").glob("*.jsonl")
+    state.unlink()
+    progress = Recorded(stop_after=1)
+    with pytest.raises(KeyboardInterrupt):
+        run_benchmark(replace(settings, report=None), progress)
+    assert progress.interruptions == [(0, 1)] and progress.results == []
+    [resumed] = run_benchmark(replace(settings, report=None))
+    assert resumed.resumed == 1 and resumed.state_path == state and resumed.cams_computed == 0
+    assert (resumed.miou, resumed.fb_iou, resumed.per_class) == (result.miou, result.fb_iou, result.per_class)
 
 
 def test_cam_method_and_all_folds(cli, voc, tmp_path):

@@ -1,5 +1,6 @@
 """Metrics against the authors' evaluation (golden fixture), the CAM disk cache,
-the resumable state and the batched runner against the engine's own K-shot vote."""
+the resumable state, the batched runner against the engine's own K-shot vote, and
+the checks of a benchmark evaluation's settings."""
 from __future__ import annotations
 
 import pickle
@@ -16,6 +17,7 @@ from imrseg.data import splits
 from imrseg.clip.cache import CamSource
 from imrseg.data.datasets import BenchmarkData, ground_truth
 from imrseg.data.episodes import Episode, sample_episodes
+from imrseg.evaluation import BenchmarkSettings, run_benchmark
 from imrseg.evaluation.loop import EvalSettings, evaluate
 from imrseg.evaluation.metrics import IoUMeter, intersection_union
 from imrseg.evaluation.state import RunState
@@ -272,7 +274,43 @@ def test_coco_scoring_at_either_resolution(tiny_coco, original_size):
 
 
 def test_settings_are_checked():
-    with pytest.raises(InputError, match="unknown method"):
+    with pytest.raises(InputError, match="`method` must be one of imr, cam, not 'magic'"):
         EvalSettings("pascal", 0, method="magic")
-    with pytest.raises(InputError, match="at least 1"):
+    with pytest.raises(InputError, match="`episodes` must be 1 or more, not 0"):
         EvalSettings("pascal", 0, episodes=0)
+    with pytest.raises(InputError, match="`seed` must be 0 or more, not -1"):
+        EvalSettings("pascal", 0, seed=-1)
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"benchmark": "voc"}, "`benchmark` must be one of pascal, coco, fss, not 'voc'"),
+    ({"fold": None}, "`fold` is needed for pascal: one of 0, 1, 2, 3, all"),
+    ({"fold": 7}, "`fold` must be one of 0, 1, 2, 3, all, not 7"),
+    ({"fold": "7"}, "`fold` must be one of 0, 1, 2, 3, all, not '7'"),
+    ({"benchmark": "fss"}, "`fold` is for pascal and coco; FSS-1000 has one test split"),
+    ({"method": "magic"}, "`method` must be one of imr, cam, not 'magic'"),
+    ({"shots": 0}, "`shots` must be 1 or more, not 0"),
+    ({"episodes": 0}, "`episodes` must be 1 or more, not 0"),
+    ({"steps": 0}, "`steps` must be 1 or more, not 0"),
+    ({"batch_size": -1}, "`batch_size` must be 1 or more, not -1"),
+    ({"seed": -1}, "`seed` must be 0 or more, not -1"),
+    ({"backbone": "vit"}, "`backbone` must be one of resnet50, vgg16, not 'vit'"),
+    ({"zero_shot": True, "method": "cam"}, "`zero_shot` and `method` cam exclude each other"),
+    ({"report": "."}, "`report` is a folder; give a file name"),
+    ({"report": "taken/report.json"}, "taken/report.json: `report` cannot be written there"),
+])
+def test_benchmark_settings_name_the_parameter_at_fault(changes, message, tmp_path, monkeypatch):
+    """Checked before the data is read (there is none here) or a model loads."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "taken").write_text("a file, not a folder\n")
+    settings = BenchmarkSettings(**{"benchmark": "pascal", "data_root": tmp_path / "no-data", "fold": 0, **changes})
+    with pytest.raises(InputError) as raised:
+        run_benchmark(settings)
+    assert message in str(raised.value)
+
+
+def test_benchmark_settings_list_their_folds(tmp_path):
+    assert BenchmarkSettings("pascal", tmp_path, fold="all").folds == [0, 1, 2, 3]
+    assert BenchmarkSettings("coco", tmp_path, fold="2").folds == [2]
+    assert BenchmarkSettings("coco", tmp_path, fold=1).folds == [1]
+    assert BenchmarkSettings("fss", tmp_path).folds == [None]

@@ -488,7 +488,7 @@ def test_unpublished_entries_are_known_without_the_network(fake_hub):
         hub.resolve_weights(None)
     message = str(err.value)
     for expected in (f"the default checkpoint {NAME}", "ResNet-50 PASCAL-5i fold 0", DRIVE,
-                     "--weights best_model.pt",
+                     "`weights` best_model.pt",
                      f"`imrseg weights import best_model.pt --out {NAME} --benchmark pascal --fold 0`"):
         assert expected in message
     assert "weights download" not in message

@@ -259,7 +259,7 @@ def test_bomb_guard_default_refuses_before_decoding(tmp_path):
         images.load_image(path)
     assert str(exc.value) == (
         f"{path}: image has 200000000 pixels, over the limit of {images.DEFAULT_MAX_PIXELS} "
-        "(decompression-bomb guard); pass --max-pixels to raise it"
+        "(decompression-bomb guard); pass `max_pixels` to raise it"
     )
     with pytest.raises(InputError):
         images.load_image(path, max_pixels=0)  # 0 means the default
@@ -370,9 +370,9 @@ def test_odd_file_names_stay_on_one_line(tmp_path):
 
 def test_bad_arguments(tmp_path):
     quadrants().save(tmp_path / "a.png")
-    with pytest.raises(InputError, match="--max-pixels"):
+    with pytest.raises(InputError, match="`max_pixels` must be 0 or more"):
         images.load_image(tmp_path / "a.png", max_pixels=-1)
-    with pytest.raises(InputError, match="draft size"):
+    with pytest.raises(InputError, match="`draft_size` must be 0 or more"):
         images.load_image(tmp_path / "a.png", draft_size=-5)
 
 

@@ -98,7 +98,8 @@ def test_out_of_memory_retries_in_halves():
     def never(images, sizes):
         raise RuntimeError("CUDA out of memory")
 
-    with pytest.raises(ImrsegError, match="out of memory on cuda:0 even for one image; try --device cpu"):
+    with pytest.raises(ImrsegError, match="out of memory on cuda:0 even for one image; "
+                                          "try `device` cpu or a smaller `batch_size`"):
         predict_with_backoff(never, [1, 2], [None] * 2, "cuda:0")
 
     def broken(images, sizes):

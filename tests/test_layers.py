@@ -130,6 +130,40 @@ def test_no_private_name_crosses_modules(folder):
     assert not crossing, "\n".join(crossing)
 
 
+def private_uses(path: Path, defined: dict[str, set[Path]], root: Path = ROOT) -> list[str]:
+    """`thing._name` in `path`, not on self or cls, for a private function or method that
+    another file defines."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if (isinstance(node, ast.Attribute) and node.attr in defined and path not in defined[node.attr]
+                and not (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls"))):
+            found.append(f"{path.relative_to(root)}:{node.lineno}: .{node.attr}")
+    return found
+
+
+def private_definitions() -> dict[str, set[Path]]:
+    defined: dict[str, set[Path]] = {}
+    for path in MODULES.values():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and node.name.startswith("_")
+                    and not node.name.startswith("__")):
+                defined.setdefault(node.name, set()).add(path)
+    return defined
+
+
+@pytest.mark.parametrize("folder", ["imrseg", "benchmarks"])
+def test_no_private_method_is_called_from_another_module(folder):
+    defined = private_definitions()
+    crossing = [use for path in sorted((ROOT / folder).rglob("*.py")) for use in private_uses(path, defined)]
+    assert not crossing, "\n".join(crossing)
+
+
+def test_the_private_check_sees_a_private_method_called_from_outside(tmp_path):
+    path = tmp_path / "bench.py"
+    path.write_text("def f(predictor):\n    self = predictor\n    return predictor._grad_cams(1), self._grad_cams(2)\n")
+    assert private_uses(path, private_definitions(), tmp_path) == ["bench.py:3: ._grad_cams"]
+
+
 def test_the_layer_check_sees_an_upward_import(tmp_path):
     """The checker itself: a model importing the runner is caught."""
     path = tmp_path / "imrseg" / "models" / "bad.py"

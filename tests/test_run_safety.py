@@ -227,3 +227,24 @@ def test_imported_weights_follow_the_umask(recipe_weight_files, tmp_path):
         os.umask(old)
     assert {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "converted").iterdir()} == {
         "config.json": 0o644, "model.safetensors": 0o644, "README.md": 0o644}
+
+
+def test_settings_errors_name_the_parameters(tmp_path):
+    """Called directly, the settings name their parameters (the commands print their flags instead)."""
+    from imrseg.errors import InputError
+    from imrseg.runner import ClassSpec, RunSettings
+
+    one = {"queries": (tmp_path,), "label": "cat", "supports": (tmp_path,)}
+    cases = [
+        (dict(one, steps=0), "^`steps` must be 1 or more, not 0$"),
+        (dict(one, coco_polygons=True), "^`coco_polygons` and `min_area` shape the COCO annotations: add `coco`$"),
+        (dict(one, queries=()), "^no queries: pass at least one `queries` image or folder$"),
+        ({"queries": (tmp_path,), "classes": (ClassSpec("dog"),)}, "^no supports for 'dog'"),
+    ]
+    for settings, message in cases:
+        with pytest.raises(InputError, match=message):
+            RunSettings(**settings).check()
+    with pytest.raises(InputError, match="^give `label` \\(with `supports`\\) or `classes`, not both$"):
+        RunSettings(**one, classes=(ClassSpec("dog", (tmp_path,)),))
+    with pytest.raises(InputError, match="^`supports` and `support_masks` go with `label`"):
+        RunSettings(supports=(tmp_path,))

@@ -106,6 +106,19 @@ def test_zero_shot_one_image_json(tmp_path, weights):
     assert rows(out)[0]["zero_shot"] is True
 
 
+def test_a_failed_query_names_the_flag(tmp_path, weights):
+    """A query's error on the terminal names the command's flag; results.jsonl keeps the
+    library's words (the parameter's name)."""
+    support, query = write_image(tmp_path / "s.jpg", (10, 8)), write_image(tmp_path / "q.jpg", (40, 30))
+    out = tmp_path / "out"
+    result = run("segment", "-l", "cat", "-s", support, "-q", query, "-o", out, "--steps", 1, "--max-pixels", 100,
+                 *weights)
+    assert result.exit_code == 1, result.output
+    assert "q.jpg: image has 1200 pixels, over the limit of 100 (decompression-bomb guard); pass --max-pixels to " \
+           "raise it" in result.output
+    assert rows(out)[1]["error"].endswith("pass `max_pixels` to raise it")
+
+
 @pytest.mark.parametrize("args, message", [
     (["-l", " "], "label is empty"),
     (["-l", "dog " * 80], "too long for CLIP"),

@@ -34,7 +34,7 @@ def test_explicit_steps_win_without_a_note(official_info):
 
 def test_a_file_without_its_benchmark_runs_the_papers_steps_and_says_so(official_info):
     assert official_info.benchmark is None
-    with pytest.warns(Note, match=r"runs 2 refinement steps.*--steps 3.*weights import"):
+    with pytest.warns(Note, match=r"runs 2 refinement steps.*`steps` 3.*weights import"):
         assert resolve_steps(official_info) == 2
     with pytest.warns(Note, match="runs 3 refinement steps"):
         assert resolve_steps(official_info, None, "coco") == 3
@@ -52,7 +52,7 @@ def test_a_converted_checkpoint_keeps_its_own_steps_silently(recipe_weight_files
 def test_steps_below_one_are_refused(official_info):
     from imrseg.errors import InputError
 
-    with pytest.raises(InputError, match="--steps must be 1 or more"):
+    with pytest.raises(InputError, match="`steps` must be 1 or more"):
         resolve_steps(official_info, 0)
 
 
@@ -76,6 +76,7 @@ def test_the_command_says_once_which_steps_an_authors_file_runs(recipe_weight_fi
     assert result.returncode == 0, result.stderr
     notes = [line for line in result.stderr.splitlines() if line.startswith("imrseg: note:")]
     assert len(notes) == 1 and "runs 2 refinement steps" in notes[0], result.stderr
+    assert "pass --steps 3," in notes[0], notes[0]  # the library's `steps`, as the command spells it
     again = subprocess.run(command + ["--steps", "2", "--overwrite"], capture_output=True, text=True, env=env,
                            timeout=300)
     assert again.returncode == 0 and "imrseg: note:" not in again.stderr, again.stderr

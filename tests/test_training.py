@@ -15,6 +15,7 @@ from PIL import Image
 
 from imrseg.errors import InputError, Note
 from imrseg.clip.cache import CamSource
+from imrseg.clip.vocabulary import folder_vocabulary
 from imrseg.data.folder import open_folder
 from imrseg.evaluation.loop import EvalSettings, evaluate
 from imrseg.data.training_episodes import training_episodes
@@ -49,7 +50,7 @@ def shapes(tmp_path_factory):
     root = make_shapes(tmp_path_factory.mktemp("shapes") / "data", per_class=2,
                        classes=["red_disc", "green_square", "yellow_disc"])
     data, split, val = open_folder(root, ["yellow_disc"])
-    cams = CamSource(mask_cam(), val.vocabulary, "mask-cam", tmp_path_factory.mktemp("cache"))
+    cams = CamSource(mask_cam(), folder_vocabulary(data.class_names), "mask-cam", tmp_path_factory.mktemp("cache"))
     return data, split, val, cams
 
 
@@ -196,7 +197,7 @@ def test_training_beats_the_cams(tmp_path):
     (five times the paper's) makes so few iterations enough."""
     root = make_shapes(tmp_path / "data", per_class=6)
     data, split, val = open_folder(root, ["yellow_disc"])
-    cams = CamSource(mask_cam(), val.vocabulary, "mask-cam", None)
+    cams = CamSource(mask_cam(), folder_vocabulary(data.class_names), "mask-cam", None)
     settings = TrainSettings.paper("folder", None, "resnet50", steps=1, epochs=3, batch_size=1, lr=2e-3,
                                    val_episodes=6)
     net, log = _net(0), Record()
@@ -227,7 +228,7 @@ def test_a_fresh_run_needs_imagenet_weights(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", offline)
     with pytest.raises(NetworkError, match="resnet50-0676ba61.pth: download of torchvision's ImageNet resnet50 "
-                                           "weights failed .*--backbone-weights") as exc:
+                                           "weights failed .*; pass `backbone_weights` with that file") as exc:
         initial_model(None, "pascal", 0, 2, ["aeroplane"])
     assert "\n" not in str(exc.value)
 

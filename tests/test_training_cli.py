@@ -47,6 +47,22 @@ def test_bad_arguments_are_one_line(train, tmp_path, args, message):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("settings, message", [
+    ({"benchmark": "pascal"}, "`fold` is needed for pascal"),
+    ({"benchmark": "folder", "fold": 0}, "`fold` is for pascal and coco"),
+    ({"benchmark": "coco", "fold": 1, "val_share": 0.5}, "`val_classes` and `val_share` are for `benchmark` folder"),
+    ({"benchmark": "folder", "batch_size": 0}, "`batch_size` must be 1 or more, not 0"),
+    ({"benchmark": "folder", "lr": 0.0}, "`lr` must be positive"),
+    ({"benchmark": "folder", "backbone": "vit"}, "`backbone` must be one of resnet50, vgg16"),
+])
+def test_the_library_names_parameters(tmp_path, settings, message):
+    from imrseg.errors import InputError
+    from imrseg.training import TrainSettings
+
+    with pytest.raises(InputError, match=message):
+        TrainSettings(data_root=tmp_path, out=tmp_path / "run", **settings).check()
+
+
 def test_missing_data_and_file_as_out(train, tmp_path):
     result = train("--benchmark", "folder", "--data-root", tmp_path / "nowhere", "--out", tmp_path / "run")
     assert result.code == 2 and "nowhere: no such folder" in result.err
@@ -97,3 +113,34 @@ def test_ctrl_c_saves_and_the_same_command_continues(tmp_path, recipe_weight_fil
     assert config == {"backbone": "resnet50", "benchmark": "folder", "fold": None, "steps": 1,
                       "class_names": ["yellow_disc"]}
     assert Path(run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow
+def test_the_library_call_trains_as_the_command(train, tmp_path, monkeypatch, recipe_weight_files):
+    """`imrseg.training.train` with the command's settings writes the run folder the
+    command writes: the same metrics (but the seconds), best/ byte for byte."""
+    from imrseg.training import TrainSettings
+    from imrseg.training import train as train_run
+
+    data = make_shapes(tmp_path / "data", per_class=2, classes=["red_disc", "green_square", "yellow_disc"])
+    common = {"init": recipe_weight_files["weights"], "clip_weights": recipe_weight_files["clip"], "steps": 1,
+              "batch_size": 2, "epochs": 1, "val_episodes": 1, "device": "cpu"}
+    result = train("--benchmark", "folder", "--data-root", data, "--val-classes", "yellow_disc", "--out",
+                   tmp_path / "command", "--quiet", *[f"--{k.replace('_', '-')}={v}" for k, v in common.items()])
+    assert result.code == 0, result.err
+    monkeypatch.setenv("IMRSEG_CACHE", str(tmp_path / "cache"))
+    state = train_run(TrainSettings("folder", data_root=data, val_classes=("yellow_disc",), out=tmp_path / "library",
+                                    **common))
+
+    def metrics(run):
+        rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        return [{k: v for k, v in row.items() if k != "seconds"} for row in rows]
+
+    assert metrics(tmp_path / "library") == metrics(tmp_path / "command") == \
+        [{k: v for k, v in row.items() if k != "seconds"} for row in state.history]
+    assert [row["epoch"] for row in state.history] == [1] and state.best == state.history[0]
+    for name in ("config.json", "model.safetensors", "README.md"):
+        assert (tmp_path / "library" / "best" / name).read_bytes() == \
+            (tmp_path / "command" / "best" / name).read_bytes(), name
+    assert sorted(p.name for p in (tmp_path / "library").iterdir()) == \
+        sorted(p.name for p in (tmp_path / "command").iterdir())

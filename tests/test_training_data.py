@@ -19,12 +19,14 @@ import torch.nn.functional as F
 from PIL import Image
 
 from imrseg.errors import InputError
-from imrseg.data import training_episodes as te
+from imrseg.data import lists
 from imrseg.data.classes import fold_classes
 from imrseg.data.datasets import BenchmarkData
 from imrseg.data.episodes import sample_episodes
 from imrseg.clip.vocabulary import folder_vocabulary
-from imrseg.data.folder import FSS_SHA256, FolderData, open_fss, open_folder
+from imrseg.data.folder import FolderData, open_fss, open_folder
+from imrseg.data.splits import load_training_split
+from imrseg.data.training_episodes import training_episodes
 from imrseg.transforms import network_input
 from training_fixtures import SHAPES, make_shapes
 
@@ -46,7 +48,7 @@ def _pascal_lists(root: Path) -> dict[int, list[str]]:
 
 def test_pascal_trains_on_the_other_folds_lines(tmp_path):
     lines = _pascal_lists(tmp_path)
-    split = te.load_training_split("pascal", 2, tmp_path)
+    split = load_training_split("pascal", 2, tmp_path)
     expected = [(n.split("__")[0], int(n.split("__")[1]) - 1) for f in (0, 1, 3) for n in lines[f]]
     assert list(split.entries) == expected and split.size == len(expected)
     assert set(split.class_ids) == set(range(20)) - set(fold_classes("pascal", 2))
@@ -55,17 +57,17 @@ def test_pascal_trains_on_the_other_folds_lines(tmp_path):
 
 def test_an_epoch_visits_every_line_once_with_a_support_of_its_class(tmp_path):
     _pascal_lists(tmp_path)
-    split = te.load_training_split("pascal", 0, tmp_path)
-    epoch = te.training_episodes(split, 0, seed=0)
+    split = load_training_split("pascal", 0, tmp_path)
+    epoch = training_episodes(split, 0, seed=0)
     assert Counter((e.query, e.class_id) for e in epoch) == Counter(split.entries)
     assert [e.index for e in epoch] == list(range(len(epoch)))
     for e in epoch:
         assert len(e.supports) == 1 and e.supports[0] != e.query
         assert e.supports[0] in split.classwise[e.class_id]
     # Shuffled every epoch; the same (seed, epoch) draws the same episodes, so a resumed run sees them.
-    assert [e.query for e in te.training_episodes(split, 1)] != [e.query for e in epoch]
-    assert te.training_episodes(split, 0, seed=0) == epoch
-    assert te.training_episodes(split, 0, seed=1) != epoch
+    assert [e.query for e in training_episodes(split, 1)] != [e.query for e in epoch]
+    assert training_episodes(split, 0, seed=0) == epoch
+    assert training_episodes(split, 0, seed=1) != epoch
 
 
 def test_coco_draws_class_then_image_over_the_training_classes(tmp_path):
@@ -75,9 +77,9 @@ def test_coco_draws_class_then_image_over_the_training_classes(tmp_path):
     path = tmp_path / "coco" / "trn" / "fold1.pkl"
     path.parent.mkdir(parents=True)
     path.write_bytes(pickle.dumps(lists))
-    split = te.load_training_split("coco", 1, tmp_path)
+    split = load_training_split("coco", 1, tmp_path)
     assert split.size == 60 * 3 + 1  # one episode per distinct image, as the authors
-    epoch = te.training_episodes(split, 0)
+    epoch = training_episodes(split, 0)
     assert len(epoch) == split.size and split.entries == ()
     assert {e.class_id for e in epoch} <= set(split.class_ids) and not {e.class_id for e in epoch} & test
     assert all(e.query in lists[e.class_id] and e.supports[0] in lists[e.class_id] and e.supports[0] != e.query
@@ -85,33 +87,33 @@ def test_coco_draws_class_then_image_over_the_training_classes(tmp_path):
     lists[1] = ["train2014/x.jpg", "train2014/y.jpg"]  # a test class with images: another fold's list
     path.write_bytes(pickle.dumps(lists))
     with pytest.raises(InputError, match="test fold 1's classes"):
-        te.load_training_split("coco", 1, tmp_path)
+        load_training_split("coco", 1, tmp_path)
 
 
 def test_without_splits_the_pinned_lists_are_fetched(tmp_path, monkeypatch):
     lines = _pascal_lists(tmp_path)
     asked = []
 
-    def fetch(name, sha256, cache_dir=None, base_url=None):
-        asked.append((name, sha256))
+    def fetch(name, cache_dir=None, base_url=None):
+        asked.append(name)
         return tmp_path / name
 
-    monkeypatch.setattr(te, "fetch_official", fetch)
-    split = te.load_training_split("pascal", 1)
-    assert asked == [(f"pascal/trn/fold{f}.txt", te.TRAINING_SHA256[f"pascal/trn/fold{f}.txt"]) for f in (0, 2, 3)]
+    monkeypatch.setattr(lists, "fetch_list", fetch)
+    split = load_training_split("pascal", 1)
+    assert asked == [f"pascal/trn/fold{f}.txt" for f in (0, 2, 3)] and set(asked) <= set(lists.OFFICIAL_SHA256)
     assert split.size == sum(len(lines[f]) for f in (0, 2, 3))
 
 
 @needs_reference
 def test_pinned_sha256_are_the_reference_lists():
-    for name, sha in {**te.TRAINING_SHA256, **FSS_SHA256}.items():
+    for name, sha in lists.OFFICIAL_SHA256.items():
         assert hashlib.sha256((REFERENCE / name).read_bytes()).hexdigest() == sha, name
 
 
 @needs_reference
 @pytest.mark.parametrize("name, fold, size, pairs", [("pascal", 0, 11394, 11394), ("coco", 3, 73808, 141016)])
 def test_official_training_lists(name, fold, size, pairs):
-    split = te.load_training_split(name, fold, REFERENCE)
+    split = load_training_split(name, fold, REFERENCE)
     assert split.official and split.size == size and len(split.cam_pairs()) == pairs
     assert not set(split.class_ids) & set(fold_classes(name, fold))
     if name == "pascal":
@@ -146,7 +148,7 @@ def test_folder_holds_classes_out_and_reads_masks(tmp_path):
     data, train, val = open_folder(root, ["green_square"])
     names = sorted(SHAPES)
     assert data.class_names == tuple(names)
-    assert val.class_ids == [names.index("green_square")] and len(val.entries) == 3
+    assert val.class_ids == (names.index("green_square"),) and len(val.entries) == 3
     assert set(train.class_ids) == set(range(4)) - set(val.class_ids) and train.size == 9
     mask = data.read_mask("green_square/2.jpg")
     expected = np.asarray(Image.open(root / "green_square" / "2.png").convert("L")) >= 128
@@ -173,7 +175,7 @@ def test_folder_problems_name_the_file(tmp_path, change, message):
 
 
 @pytest.mark.parametrize("val_classes, message", [
-    (["purple"], "--val-classes purple: no such class folder"),
+    (["purple"], "`val_classes` purple: no such class folder"),
     (["red_disc", "green_square"], "every class is held out"),
 ])
 def test_folder_validation_classes_are_checked(tmp_path, val_classes, message):
@@ -235,7 +237,7 @@ def test_fss_episodes_are_hsnets(tmp_path):
     assert isinstance(data, FolderData) and not split.official
     # Class indices as HSNet's: sorted trn list, then val, then test from 760 (here 3).
     assert data.class_names == ("ant", "zebra_fish", "bee", "bus", "cup", "fire_hydrant")
-    assert split.class_ids == [3, 4, 5] and len(split.entries) == 30
+    assert split.class_ids == (3, 4, 5) and len(split.entries) == 30
     theirs = _hsnet_fss_test(root / "data" / "FSS-1000", test, 30)
     ours = [(e.class_id, e.query, e.supports[0]) for e in sample_episodes(split, 1, 30)]
     assert [(c - 760 + 3, q, s) for c, q, s in theirs] == ours

@@ -25,6 +25,7 @@ def probe(folder: Path) -> None:
     losses, the first step's gradients and the validation figures."""
     from imrseg.distributed import current_shard, start, stop
     from imrseg.clip.cache import CamSource
+    from imrseg.clip.vocabulary import folder_vocabulary
     from imrseg.data.folder import open_folder
     from imrseg.models import IMRHSNet
     from imrseg.training.checkpoints import RunFolder
@@ -37,7 +38,7 @@ def probe(folder: Path) -> None:
     shard = current_shard()
     device = start(shard, torch.device("cpu"))
     data, split, val = open_folder(folder / "data", ["yellow_disc"])
-    cams = CamSource(mask_cam(), val.vocabulary, "mask-cam", folder / f"cache{shard.world}")
+    cams = CamSource(mask_cam(), folder_vocabulary(data.class_names), "mask-cam", folder / f"cache{shard.world}")
     torch.manual_seed(0)
     net = IMRHSNet("resnet50", "folder", None, 1, ["yellow_disc"])
 

@@ -40,20 +40,20 @@ def parameter_flags(group, command: str | None = None) -> dict[str, str]:
     library names otherwise. The command being run (`command`) has the last word."""
     from .options import PARAMETER_FLAGS
 
-    def walk(node, names: dict) -> dict:
+    def walk(node, names: dict, own: bool) -> dict:
         if hasattr(node, "commands"):
             for sub in node.commands.values():
-                walk(sub, names)
+                walk(sub, names, own)
         else:
             for p in node.params:
                 longs = [o for o in p.opts if o.startswith("--")]
-                names[p.name] = max(longs, key=len) if longs else p.name.upper()
+                if longs or own or p.name not in names:  # elsewhere an option's flag beats an argument
+                    names[p.name] = max(longs, key=len) if longs else p.name.upper()
         return names
 
-    names = dict(PARAMETER_FLAGS)
-    walk(group, names)
+    names = walk(group, dict(PARAMETER_FLAGS), own=False)
     if command in getattr(group, "commands", {}):
-        walk(group.commands[command], names)
+        walk(group.commands[command], names, own=True)
     return names
 
 
@@ -71,9 +71,11 @@ def _register() -> None:
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    """Notes are one line on stderr; other warnings as Python shows them."""
+    """Notes are one line on stderr, the parameters they name written as flags; other
+    warnings as Python shows them."""
     if issubclass(category, Note):
-        typer.echo(f"imrseg: note: {message}", err=True)
+        flags = parameter_flags(typer.main.get_command(app))
+        typer.echo(f"imrseg: note: {in_terms_of(str(message), flags)}", err=True)
     else:
         _python_show_warning(message, category, filename, lineno, file, line)
 

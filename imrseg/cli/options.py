@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..data.classes import FOLD_BENCHMARKS, TEST_BENCHMARKS, TRAIN_BENCHMARKS
+from ..data.classes import BACKBONE_TITLES, FOLD_BENCHMARKS, TEST_BENCHMARKS, TRAIN_BENCHMARKS
 
 
 def choices(name: str, values: Sequence[str]) -> type[Enum]:
@@ -19,6 +19,11 @@ def choices(name: str, values: Sequence[str]) -> type[Enum]:
 PARAMETER_FLAGS = {
     "background": "--vocab",
     "template": "--prompt-template",
+    "queries": "--query",
+    "supports": "--support",
+    "support_masks": "--support-mask",
+    "mode": "--cam-mode",
+    "splits_dir": "--splits",
 }
 
 Benchmark = choices("Benchmark", FOLD_BENCHMARKS)
@@ -26,9 +31,7 @@ EvalBenchmark = choices("EvalBenchmark", TEST_BENCHMARKS)
 TrainBenchmark = choices("TrainBenchmark", TRAIN_BENCHMARKS)
 
 
-class Backbone(str, Enum):
-    resnet50 = "resnet50"
-    vgg16 = "vgg16"
+Backbone = choices("Backbone", BACKBONE_TITLES)
 
 
 class CamMode(str, Enum):

@@ -5,13 +5,16 @@ from __future__ import annotations
 import inspect
 import json
 import typing
+from collections.abc import Sequence
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from . import EXIT_INPUT_FAILED, EXIT_INTERRUPTED, app
+from ..clip.vocabulary import DEFAULT_TEMPLATE
+from ..errors import InputError, in_terms_of
+from . import EXIT_INPUT_FAILED, EXIT_INTERRUPTED, app, parameter_flags
 from .options import (BatchSizeOption, CamMode, CamModeOption, ClipWeightsOption, CocoOption, CocoPolygonsOption,
                       DeviceOption, GalleryOption, HubNamespaceOption, MaxPixelsOption, MinAreaOption, Precision,
                       PrecisionOption, PromptOption, QuietOption, StepsOption, WeightsOption, flag)
@@ -87,7 +90,7 @@ def segment(
     steps: StepsOption = None, weights: WeightsOption = None, clip_weights: ClipWeightsOption = None,
     hub_namespace: HubNamespaceOption = None, device: DeviceOption = "auto",
     precision: PrecisionOption = Precision.fp32, batch_size: BatchSizeOption = None,
-    prompt_template: PromptOption = "a photo of a {c}", vocab: VocabOption = None,
+    prompt_template: PromptOption = DEFAULT_TEMPLATE, vocab: VocabOption = None,
     cam_mode: CamModeOption = CamMode.official, save_prob: SaveProbOption = False,
     save_cam: SaveCamOption = False, save_steps: SaveStepsOption = False,
     overwrite: OverwriteOption = False, max_pixels: MaxPixelsOption = None,
@@ -96,13 +99,19 @@ def segment(
     worst: WorstOption = 5, sort_by: SortByOption = SortBy.score,
 ) -> None:
     """Segment LABEL (or each --class) in every query, using the supports as examples (no masks needed)."""
-    _run(locals(), zero_shot=False)
+    _run(query, _parse_classes(classes or (), class_mask or ()), label=label, support=support,
+         support_mask=support_mask, out=out, steps=steps, weights=weights, clip_weights=clip_weights,
+         hub_namespace=hub_namespace, device=device, precision=precision, batch_size=batch_size,
+         prompt_template=prompt_template, vocab=vocab, cam_mode=cam_mode, save_prob=save_prob, save_cam=save_cam,
+         save_steps=save_steps, overwrite=overwrite, max_pixels=max_pixels, coco=coco, coco_polygons=coco_polygons,
+         min_area=min_area, gallery=gallery, quiet=quiet, as_json=as_json, worst=worst, sort_by=sort_by)
 
 
 def zero_shot(images: list[Path], label: ZeroShotLabelOption, **options) -> None:
     """Segment each LABEL in each image with no support: each image is its own (the paper's zero-shot mode)."""
-    _run({**options, "query": images, "label": None, "support": None, "support_mask": None, "class_mask": None,
-          "classes": label}, zero_shot=True)
+    from ..runner import ClassSpec
+
+    _run(images, tuple(ClassSpec(name) for name in label), zero_shot=True, **options)
 
 
 def _zero_shot_signature() -> None:
@@ -122,31 +131,38 @@ _zero_shot_signature()
 app.command("zero-shot", epilog=ZERO_SHOT_EXAMPLES)(zero_shot)
 
 
-def _settings(a: dict, zero_shot: bool):
-    from ..runner import OutputOptions, RunSettings
-    from ..runner.settings import ClassSpec, parse_classes
+def _parse_classes(pairs: Sequence[str], masks: Sequence[str] = ()) -> tuple:
+    """`--class LABEL=SUPPORT` and `--class-mask LABEL=MASK` options as classes, in the
+    order each label first appears; a repeated label adds supports (and masks, in the
+    same order) to its class. Each is split at its first `=`."""
+    from ..runner import ClassSpec
 
-    if zero_shot:
-        classes = tuple(ClassSpec(label) for label in a["classes"])
-    else:
-        classes = parse_classes(a["classes"] or (), a["class_mask"] or ())
-    return RunSettings(
-        label=a["label"], queries=tuple(a["query"]), out=a["out"], supports=tuple(a["support"] or ()),
-        support_masks=tuple(a["support_mask"] or ()), classes=classes, zero_shot=zero_shot, weights=a["weights"],
-        clip_weights=a["clip_weights"], hub_namespace=a["hub_namespace"], steps=a["steps"], device=a["device"],
-        precision=a["precision"].value, batch_size=a["batch_size"], prompt_template=a["prompt_template"],
-        vocab=tuple(a["vocab"]) if a["vocab"] else None, cam_mode=a["cam_mode"].value,
-        outputs=OutputOptions(a["save_prob"], a["save_cam"], a["save_steps"]), overwrite=a["overwrite"],
-        max_pixels=a["max_pixels"], coco=a["coco"], coco_polygons=a["coco_polygons"], min_area=a["min_area"],
-        gallery=a["gallery"])
+    supports: dict[str, list[Path]] = {}
+    for item in pairs:
+        label, sep, path = item.partition("=")
+        label = label.strip()
+        if not (sep and label and path):
+            raise InputError(f"--class {item!r}: expected LABEL=SUPPORT, an image or folder of that class")
+        supports.setdefault(label, []).append(Path(path))
+    drawn: dict[str, list[Path]] = {}
+    for item in masks:
+        label, sep, path = item.partition("=")
+        label = label.strip()
+        if not (sep and path) or label not in supports:
+            raise InputError(f"--class-mask {item!r}: expected LABEL=MASK with a LABEL given by --class")
+        drawn.setdefault(label, []).append(Path(path))
+    return tuple(ClassSpec(label, tuple(files), tuple(drawn.get(label, ()))) for label, files in supports.items())
 
 
-def _progress(quiet: bool):
-    """The progress factory run_folder calls with the number of queries."""
+def _progress(quiet: bool, command: str):
+    """The progress factory run_folder calls with the number of queries. A query's error
+    is shown as any error of the command is, with its flags for the parameters it names."""
     import contextlib
 
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    flags = parameter_flags(typer.main.get_command(app), command)
 
     @contextlib.contextmanager
     def bar(total: int):
@@ -158,8 +174,8 @@ def _progress(quiet: bool):
 
             def report(outcome):
                 if outcome.status == "failed":
-                    progress.console.print(f"imrseg: error: {outcome.error}", markup=False, highlight=False,
-                                           soft_wrap=True)
+                    progress.console.print(f"imrseg: error: {in_terms_of(outcome.error, flags)}", markup=False,
+                                           highlight=False, soft_wrap=True)
                 rate = f"{1 / outcome.seconds:.2f} img/s" if outcome.seconds else ""
                 progress.update(task, advance=1, rate=rate)
 
@@ -168,23 +184,37 @@ def _progress(quiet: bool):
     return bar
 
 
-def _run(a: dict, zero_shot: bool) -> None:
+def _run(queries: list[Path], classes: tuple, *, zero_shot: bool = False, label: str | None = None,
+         support: list[Path] | None = None, support_mask: list[Path] | None = None, out: Path,
+         steps: int | None, weights: str | None, clip_weights: str | None, hub_namespace: str | None, device: str,
+         precision: Precision, batch_size: int | None, prompt_template: str, vocab: list[str] | None,
+         cam_mode: CamMode, save_prob: bool, save_cam: bool, save_steps: bool, overwrite: bool,
+         max_pixels: int | None, coco: bool, coco_polygons: bool, min_area: int, gallery: bool, quiet: bool,
+         as_json: bool, worst: int, sort_by: SortBy) -> None:
+    """Both commands: their options as a `RunSettings`, the run, its summary."""
     from ..distributed import current_shard
-    from ..runner import RESULTS_FILE, run_folder
+    from ..runner import RESULTS_FILE, OutputOptions, RunSettings, run_folder
 
-    settings = _settings(a, zero_shot)
-    summary = run_folder(settings, _progress(a["quiet"]))
+    settings = RunSettings(
+        label=label, queries=tuple(queries), out=out, supports=tuple(support or ()),
+        support_masks=tuple(support_mask or ()), classes=classes, zero_shot=zero_shot, weights=weights,
+        clip_weights=clip_weights, hub_namespace=hub_namespace, steps=steps, device=device,
+        precision=precision.value, batch_size=batch_size, prompt_template=prompt_template,
+        vocab=tuple(vocab) if vocab else None, cam_mode=cam_mode.value,
+        outputs=OutputOptions(save_prob, save_cam, save_steps), overwrite=overwrite, max_pixels=max_pixels,
+        coco=coco, coco_polygons=coco_polygons, min_area=min_area, gallery=gallery)
+    summary = run_folder(settings, _progress(quiet, "zero-shot" if zero_shot else "segment"))
     if current_shard().is_main:
-        _report(summary, a, settings.out, settings.out / RESULTS_FILE)
+        _report(summary, settings.out, settings.out / RESULTS_FILE, quiet=quiet, as_json=as_json, worst=worst,
+                sort_by=sort_by.value)
     if summary.interrupted:
         raise typer.Exit(EXIT_INTERRUPTED)
     if summary.failed:
         raise typer.Exit(EXIT_INPUT_FAILED)
 
 
-def _report(summary, a: dict, out: Path, results: Path) -> None:
-    quiet, as_json = a["quiet"], a["as_json"]
-    worst = summary.worst(max(a["worst"], 0), a["sort_by"].value)
+def _report(summary, out: Path, results: Path, *, quiet: bool, as_json: bool, worst: int, sort_by: str) -> None:
+    worst = summary.worst(max(worst, 0), sort_by)
     data = {**summary.to_dict(), "out": str(out), "results": str(results),
             "worst": [{"query": q, "score": score, "foreground_fraction": fg} for q, score, fg in worst]}
     if as_json:
@@ -205,7 +235,7 @@ def _report(summary, a: dict, out: Path, results: Path) -> None:
     console = Console(stderr=True)
     console.print(table)
     if worst:
-        lowest = Table(title=f"lowest {a['sort_by'].value}", show_header=True)
+        lowest = Table(title=f"lowest {sort_by}", show_header=True)
         for column in ("score", "foreground", "query"):
             lowest.add_column(column, justify="left" if column == "query" else "right")
         for query, score, fg in worst:

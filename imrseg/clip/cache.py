@@ -86,3 +86,13 @@ class CamSource:
                 self._to_disk(digest, class_id, cam)
             self.computed += len(missing)
         return torch.from_numpy(np.stack([self._memory[key] for key in keys]))
+
+    def get_by_name(self, data, names: Sequence[str], class_ids: Sequence[int],
+                    read: Callable[[str], object] | None = None) -> torch.Tensor:
+        """`get` for images of a dataset, by the names it gives them: `data.image_path(name)`
+        locates each, and `read(name)` (default `data.read_image`, or images already
+        decoded) gives the PIL image of those that must be computed."""
+        read = read or data.read_image
+        paths = [data.image_path(n) for n in names]
+        by_path = dict(zip(paths, names))
+        return self.get(paths, class_ids, lambda p: read(by_path[p]))

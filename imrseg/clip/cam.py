@@ -40,12 +40,12 @@ def check_label(tokenizer, template: str, label: str, context_length: int = 77) 
     """Fail early, with the fix, on labels (and templates) CLIP cannot take."""
     check_template(template)
     if not label or not label.strip():
-        raise InputError("the label is empty; pass --label with the name of the object to segment")
+        raise InputError("the label is empty; pass the name of the object to segment as `label`")
     tokens = tokenizer([template.format(c=label)], context_length=10_000)
     used = int((tokens[0] != 0).sum())
     if used > context_length:
         raise InputError(f"the label is too long for CLIP: the prompt takes {used} tokens, "
-                         f"the limit is {context_length}; shorten --label")
+                         f"the limit is {context_length}; shorten `label`")
 
 
 class ClipCAM:
@@ -60,7 +60,7 @@ class ClipCAM:
     def __init__(self, model: torch.nn.Module, tokenizer=None, template: str = DEFAULT_TEMPLATE,
                  mode: str = "official", device: str | torch.device | None = None):
         if mode not in CAM_MODES:
-            raise InputError(f"unknown CAM mode {mode!r}; expected one of {', '.join(CAM_MODES)}")
+            raise InputError(f"`mode` {mode!r} is not a CAM mode; expected one of {', '.join(CAM_MODES)}")
         check_template(template)
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         self.model = model.to(self.device).eval().requires_grad_(False)
@@ -103,43 +103,18 @@ class ClipCAM:
     def probabilities(self, batch: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         """Softmax over 100 x cosine similarity of a preprocessed batch against unit
         text embeddings, (N, C): what Grad-CAM differentiates."""
+        return _softmax(self._image_features(batch), text)
+
+    def _image_features(self, batch: torch.Tensor) -> torch.Tensor:
         feats = self.model.encode_image(batch).float()
-        feats = feats / feats.norm(dim=-1, keepdim=True)
-        return (100.0 * feats @ text.T).softmax(dim=-1)
+        return feats / feats.norm(dim=-1, keepdim=True)
 
     def maps(self, images: Sequence[Image.Image], classnames: Sequence[str],
              targets: Sequence[int]) -> np.ndarray:
         """Grad-CAM maps at the CLIP input size, (N, S, S) float32 in [0, 1]."""
         if len(images) != len(targets):
-            raise ValueError(f"{len(images)} images but {len(targets)} targets")
-        text = self.text_features(classnames)
-        out = [self._maps_batch(self.batch(images[i:i + CAM_BATCH]), text, targets[i:i + CAM_BATCH])
-               for i in range(0, len(images), CAM_BATCH)]
-        return np.concatenate(out) if out else np.zeros((0, self.input_size, self.input_size), np.float32)
-
-    def _maps_batch(self, batch: torch.Tensor, text: torch.Tensor, targets: Sequence[int]) -> np.ndarray:
-        captured = {}
-
-        def hook(_module, _inputs, output):
-            # A fresh leaf: the graph starts here, so no gradient flows into the backbone.
-            leaf = output.detach().requires_grad_(True)
-            captured["act"] = leaf
-            return leaf
-
-        handle = self.target_layer.register_forward_hook(hook)
-        try:
-            with torch.enable_grad():
-                probs = self.probabilities(batch, text)
-                index = torch.as_tensor(list(targets), device=probs.device)
-                score = probs.gather(1, index[:, None]).sum()
-                (grads,) = torch.autograd.grad(score, captured["act"])
-        finally:
-            handle.remove()
-        act = self._to_grid(captured["act"].detach()).float()
-        grads = self._to_grid(grads).float()
-        weights = grads.mean(dim=(2, 3), keepdim=True)
-        raw = (weights * act).sum(dim=1).cpu().numpy()
-        return np.stack([postprocess_cam(r, self.input_size) for r in raw])
+            raise ValueError(f"{len(images)} `images` but {len(targets)} `targets`: one target class per image")
+        return self._grad_cams(images, [self.text_features(classnames)], targets)[0]
 
     def __call__(self, images: Sequence[Image.Image], classnames: Sequence[str],
                  targets: Sequence[int], size: int = CAM_SIZE) -> torch.Tensor:
@@ -160,33 +135,41 @@ class ClipCAM:
 
     def maps_for_labels(self, images: Sequence[Image.Image], vocabularies: Sequence[Sequence[str]]) -> np.ndarray:
         """Grad-CAM maps at the CLIP input size, (V, N, S, S), equal to
-        `maps(images, vocabularies[v], [0] * N)` for each v. The forward pass is shared:
-        each label's probability is differentiated on the same graph (kept for the
-        next label), so V labels cost one image forward and V short backward passes
-        from the target layer on, instead of V of each."""
-        texts = [self.text_features(v) for v in vocabularies]
-        batches = [self._maps_for_texts(self.batch(images[i:i + CAM_BATCH]), texts)
+        `maps(images, vocabularies[v], [0] * N)` for each v."""
+        return self._grad_cams(images, [self.text_features(v) for v in vocabularies], [0] * len(images))
+
+    def _grad_cams(self, images: Sequence[Image.Image], texts: Sequence[torch.Tensor],
+                   targets: Sequence[int]) -> np.ndarray:
+        """(V, N, S, S): for each vocabulary's unit text embeddings `texts[v]`, the Grad-CAM
+        maps of the images for their `targets` (indices into that vocabulary), CAM_BATCH
+        images at a time. The forward pass is shared: each vocabulary's probability is
+        differentiated on the same graph (kept for the next one), so V vocabularies cost
+        one image forward and V short backward passes from the target layer on, instead
+        of V of each."""
+        batches = [self._grad_cams_batch(self.batch(images[i:i + CAM_BATCH]), texts, targets[i:i + CAM_BATCH])
                    for i in range(0, len(images), CAM_BATCH)]
         if not batches:
-            return np.zeros((len(vocabularies), 0, self.input_size, self.input_size), np.float32)
+            return np.zeros((len(texts), 0, self.input_size, self.input_size), np.float32)
         return np.concatenate(batches, axis=1)
 
-    def _maps_for_texts(self, batch: torch.Tensor, texts: Sequence[torch.Tensor]) -> np.ndarray:
+    def _grad_cams_batch(self, batch: torch.Tensor, texts: Sequence[torch.Tensor],
+                         targets: Sequence[int]) -> np.ndarray:
         captured = {}
 
         def hook(_module, _inputs, output):
-            leaf = output.detach().requires_grad_(True)  # the graph starts here, as in `maps`
+            # A fresh leaf: the graph starts here, so no gradient flows into the backbone.
+            leaf = output.detach().requires_grad_(True)
             captured["act"] = leaf
             return leaf
 
         handle = self.target_layer.register_forward_hook(hook)
         try:
             with torch.enable_grad():
-                feats = self.model.encode_image(batch).float()
-                feats = feats / feats.norm(dim=-1, keepdim=True)
+                feats = self._image_features(batch)
+                index = torch.as_tensor(list(targets), device=feats.device)[:, None]
                 grads = []
                 for v, text in enumerate(texts):
-                    score = (100.0 * feats @ text.T).softmax(dim=-1)[:, 0].sum()
+                    score = _softmax(feats, text).gather(1, index).sum()
                     grads.append(torch.autograd.grad(score, captured["act"], retain_graph=v < len(texts) - 1)[0])
         finally:
             handle.remove()
@@ -197,6 +180,11 @@ class ClipCAM:
             raw = (weights * act).sum(dim=1).cpu().numpy()
             out.append(np.stack([postprocess_cam(r, self.input_size) for r in raw]))
         return np.stack(out)
+
+
+def _softmax(image_features: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+    """Each image's softmax over 100 x cosine similarity to the texts, (N, C)."""
+    return (100.0 * image_features @ text.T).softmax(dim=-1)
 
 
 def openai_fp16_round_trip(model: torch.nn.Module) -> torch.nn.Module:

@@ -29,6 +29,8 @@ FOLD_BENCHMARKS = tuple(BENCHMARK_CLASSES)
 TEST_BENCHMARKS = (*FOLD_BENCHMARKS, "fss")
 TRAIN_BENCHMARKS = (*FOLD_BENCHMARKS, "folder")
 BENCHMARK_TITLES = {"pascal": "PASCAL-5i", "coco": "COCO-20i", "fss": "FSS-1000"}
+# The backbones of the paper's tables, as they title their rows.
+BACKBONE_TITLES = {"resnet50": "ResNet-50", "vgg16": "VGG-16"}
 PAPER_TABLES = {"pascal": "Table 1", "coco": "Table 2"}  # where the paper reports each benchmark's 1-shot mIoU
 NUM_FOLDS = 4
 # The paper refines 2 steps on PASCAL-5i and 3 on COCO-20i; 2 for weights of unknown origin.
@@ -43,9 +45,9 @@ def fold_classes(benchmark: str, fold: int) -> list[int]:
     """0-based class indices of a test fold, as the authors: PASCAL fold i holds
     classes 5i..5i+4; COCO fold i holds {4k + i : k = 0..19} (interleaved)."""
     if benchmark not in BENCHMARK_CLASSES:
-        raise ValueError(f"unknown benchmark {benchmark!r}; expected pascal or coco")
+        raise ValueError(f"unknown `benchmark` {benchmark!r}; expected pascal or coco")
     if fold not in range(NUM_FOLDS):
-        raise ValueError(f"fold must be 0-{NUM_FOLDS - 1}, got {fold}")
+        raise ValueError(f"`fold` must be 0-{NUM_FOLDS - 1}, got {fold}")
     n = len(BENCHMARK_CLASSES[benchmark]) // NUM_FOLDS
     if benchmark == "pascal":
         return [fold * n + i for i in range(n)]

@@ -11,6 +11,8 @@ on the stored pixels) and no downscaling.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,11 +33,11 @@ class BenchmarkData:
 
     @classmethod
     def open(cls, benchmark: str, data_root: os.PathLike | str) -> "BenchmarkData":
-        """Check the layout up front, so a wrong --data-root fails before any model loads."""
+        """Check the layout up front, so a wrong `data_root` fails before any model loads."""
         data = cls(benchmark, Path(data_root))
         for folder in data.required_folders():
             if not folder.is_dir():
-                raise InputError(f"{folder}: no such folder; --data-root must hold "
+                raise InputError(f"{folder}: no such folder; `data_root` must hold "
                                  f"{'VOC2012/' if benchmark == 'pascal' else 'COCO2014/'} "
                                  "in HSNet's layout (see the README)")
         return data
@@ -60,42 +62,38 @@ class BenchmarkData:
         return self.root / "COCO2014" / "annotations" / f"{stem}.png"
 
     def read_image(self, name: str) -> Image.Image:
-        path = self.image_path(name)
-        with _opened(path) as img:
+        with open_image(self.image_path(name)) as img:
             return img.convert("RGB")
 
     def read_mask(self, name: str) -> np.ndarray:
         """(H, W) class indices as stored (palette indices for VOC's PNGs)."""
         path = self.mask_path(name)
-        with _opened(path) as img:
+        with open_image(path) as img:
             if img.mode not in ("P", "L", "I", "I;16"):
                 raise InputError(f"{path}: a {img.mode} image, expected a single-channel class-index mask")
             return np.asarray(img)
 
 
-class _opened:
-    """Image.open with failures as one-line InputErrors naming the file."""
-
-    def __init__(self, path: Path):
-        self.path = path
-
-    def __enter__(self) -> Image.Image:
-        try:
-            self.img = Image.open(self.path)
-            self.img.load()
-        except FileNotFoundError:
-            raise InputError(f"{self.path}: no such file (listed in the split file)") from None
-        except UnidentifiedImageError:
-            raise InputError(f"{self.path}: not an image") from None
-        except Image.DecompressionBombError as exc:
-            # Benchmark images are under a megapixel; this many pixels is a damaged or hostile file.
-            raise InputError(f"{self.path}: refused: {one_line(exc)}") from None
-        except (OSError, SyntaxError, ValueError) as exc:
-            raise InputError(f"{self.path}: unreadable image ({one_line(exc)})") from None
-        return self.img
-
-    def __exit__(self, *exc_info) -> None:
-        self.img.close()
+@contextmanager
+def open_image(path: Path) -> Iterator[Image.Image]:
+    """A benchmark file opened and decoded as stored (no EXIF rotation), closed after
+    use; a failure is a one-line InputError naming the file."""
+    try:
+        img = Image.open(path)
+        img.load()
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file (listed in the split file)") from None
+    except UnidentifiedImageError:
+        raise InputError(f"{path}: not an image") from None
+    except Image.DecompressionBombError as exc:
+        # Benchmark images are under a megapixel; this many pixels is a damaged or hostile file.
+        raise InputError(f"{path}: refused: {one_line(exc)}") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise InputError(f"{path}: unreadable image ({one_line(exc)})") from None
+    try:
+        yield img
+    finally:
+        img.close()
 
 
 def ground_truth(mask: np.ndarray, benchmark: str, class_id: int,

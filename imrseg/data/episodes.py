@@ -8,7 +8,7 @@ global generator, so with HSNet's split files these are the authors' episodes.
 PASCAL-5i: the query of episode e is line `e mod len(list)` of the split file;
 each of the K supports is `choice(images of that class, 1, replace=False)[0]`,
 drawn again while it equals the query (supports may repeat each other).
-FSS-1000 (HSNet's test) and a folder of one's own (`folder`) list their queries
+FSS-1000 (HSNet's test) and a folder of one's own (folder.py) list their queries
 the same way.
 
 COCO-20i: the authors ignore the episode index: each episode draws its class
@@ -52,12 +52,12 @@ def sample_episodes(split: Split, shots: int, count: int, seed: int = 0) -> Iter
     """Episodes 0..count-1 in order. Every draw is made whether or not the
     caller uses the episode, so skipping finished episodes keeps the stream."""
     if shots < 1:
-        raise ValueError(f"shots must be >= 1, got {shots}")
+        raise ValueError(f"`shots` must be 1 or more, got {shots}")
     rng = np.random.RandomState(seed)
     pools = {c: np.asarray(names) for c, names in split.classwise.items()}
     class_ids = split.class_ids
     for index in range(count):
-        if split.entries:  # PASCAL-5i, and FSS-1000 or a folder (evaluation.folder)
+        if split.entries:  # PASCAL-5i, FSS-1000 and folders
             query, class_id = split.entries[index % len(split.entries)]
         else:
             class_id = int(_draw(rng, class_ids))

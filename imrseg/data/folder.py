@@ -5,7 +5,7 @@ images and their `N.png` masks.
 `imrseg train --benchmark folder` trains on any such folder of one's own classes,
 holding some classes out for validation (`open_folder`). Both give what
 PASCAL-5i gives the evaluation: a data object that reads images and class-index
-masks, and a split whose entries are the episode queries.
+masks, and a `Split` (splits.py) whose entries are the episode queries.
 
 HSNet's FSS-1000 loader, reproduced: class indices are 0-519 for its `trn` list,
 520-759 for `val` and 760-999 for `test`, each list sorted; the queries are every
@@ -16,7 +16,6 @@ a mask is foreground where its grey level is at least 128.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,17 +24,12 @@ import numpy as np
 from PIL import Image
 
 from ..errors import InputError
-from .datasets import _opened
-from .splits import _read, fetch_official, locate_official
-from .training_episodes import TrainingSplit
+from .datasets import open_image
+from .lists import find_list, is_official, list_name, list_text, read_list, sha256_bytes
+from .splits import Split
 
 FSS_ROOT = "FSS-1000"
 FSS_PARTS = ("trn", "val", "test")
-FSS_SHA256 = {
-    "fss/trn.txt": "815bce03f2502719ba3bd9c1f79111b74ec8ab63e6111830ff7312de49b1cf17",
-    "fss/val.txt": "9cac02c58602f2789b4e6393200e450e3ba1edae6673d6a87ae2063d0c547aee",
-    "fss/test.txt": "26f1b9e9dd0c4a58c01db306aeb5bccb5de361d544ec1b15f219efc4b74c0bf1",
-}
 IMAGE_SUFFIX, MASK_SUFFIX = ".jpg", ".png"
 DEFAULT_VAL_SHARE = 0.2
 
@@ -57,36 +51,20 @@ class FolderData:
         return self.root / (name[:-len(IMAGE_SUFFIX)] + MASK_SUFFIX)
 
     def read_image(self, name: str) -> Image.Image:
-        with _opened(self.image_path(name)) as img:
+        with open_image(self.image_path(name)) as img:
             return img.convert("RGB")
 
     def read_mask(self, name: str) -> np.ndarray:
         """(H, W) class indices, as the PASCAL masks: the image's class index + 1 on the
         foreground, 0 elsewhere. Foreground is grey level >= 128 (FSS-1000's 0/255
         masks), or 1 in a mask that holds only 0 and 1."""
-        with _opened(self.mask_path(name)) as img:
+        with open_image(self.mask_path(name)) as img:
             raw = np.asarray(img)
             if raw.ndim == 2 and raw.size and raw.max() <= 1:
                 foreground = raw == 1
             else:
                 foreground = np.asarray(img.convert("L")) >= 128
         return foreground.astype(np.uint16) * (self.class_id(name) + 1)
-
-
-@dataclass(frozen=True)
-class FolderSplit:
-    """Validation or test episodes of a folder, in the shape `evaluate` reads:
-    `entries` are the queries in order, `classwise` the support pools."""
-
-    benchmark: str
-    path: Path
-    sha256: str
-    entries: tuple
-    classwise: dict
-    class_ids: list
-    class_names: tuple
-    fold: int | None = None
-    official: bool = False
 
 
 def _numeric_order(name: str):
@@ -113,41 +91,38 @@ def scan_class(root: Path, folder: str) -> list[str]:
 
 
 def _split(benchmark: str, root: Path, data: FolderData, class_ids: list[int], sha256: str | None = None,
-           official: bool = False) -> FolderSplit:
-    """The episodes of `class_ids`; `sha256` None identifies them by their listing."""
+           official: bool = False) -> Split:
+    """The episodes of `class_ids`, every image a query in turn; `sha256` None
+    identifies them by their listing."""
     entries, classwise = [], {}
     for c in class_ids:
         names = scan_class(root, data.class_names[c])
         entries += [(n, c) for n in names]
         classwise[c] = tuple(sorted(names, key=_numeric_order))
     if sha256 is None:
-        sha256 = hashlib.sha256("\n".join(f"{c} {n}" for n, c in entries).encode()).hexdigest()
-    return FolderSplit(benchmark, root, sha256, tuple(entries), classwise, list(class_ids), data.class_names,
-                       official=official)
+        sha256 = sha256_bytes("\n".join(f"{c} {n}" for n, c in entries).encode())
+    return Split(benchmark, None, root, sha256, official, tuple(class_ids), data.class_names, tuple(entries),
+                 classwise)
 
 
 # ------------------------------------------------------------------- FSS-1000
 def _fss_list(part: str, splits_dir) -> tuple[list[str], bytes, bool]:
-    name = f"fss/{part}.txt"
-    path = (locate_official(name, splits_dir) if splits_dir is not None
-            else fetch_official(name, FSS_SHA256[name]))
-    data = _read(path)
-    try:
-        classes = sorted(line.strip() for line in data.decode("utf-8").splitlines() if line.strip())
-    except UnicodeDecodeError:
-        raise InputError(f"{path}: not a text file") from None
+    name = list_name("fss", part)
+    path = find_list(name, splits_dir)
+    data = read_list(path)
+    classes = sorted(line.strip() for line in list_text(data, str(path)).splitlines() if line.strip())
     if not classes:
         raise InputError(f"{path}: no class names")
-    return classes, data, hashlib.sha256(data).hexdigest() == FSS_SHA256[name]
+    return classes, data, is_official(name, data)
 
 
 def open_fss(data_root: os.PathLike | str, splits_dir: os.PathLike | str | None = None,
-             part: str = "test") -> tuple[FolderData, FolderSplit]:
+             part: str = "test") -> tuple[FolderData, Split]:
     """FSS-1000 under `data_root/FSS-1000` with HSNet's class lists, and the episodes
     of `part` (HSNet's test: one per image of the 240 test classes)."""
     root = Path(data_root) / FSS_ROOT
     if not root.is_dir():
-        raise InputError(f"{root}: no such folder; --data-root must hold FSS-1000/ with one folder per class")
+        raise InputError(f"{root}: no such folder; `data_root` must hold FSS-1000/ with one folder per class")
     lists = {p: _fss_list(p, splits_dir) for p in FSS_PARTS}
     names = tuple(n for p in FSS_PARTS for n in lists[p][0])
     data = FolderData(root, names)
@@ -157,7 +132,7 @@ def open_fss(data_root: os.PathLike | str, splits_dir: os.PathLike | str | None 
     if missing:
         raise InputError(f"{root}: {len(missing)} of the {part} classes are missing (e.g. {missing[0]})")
     _, text, official = lists[part]
-    return data, _split("fss", root, data, ids, hashlib.sha256(text).hexdigest(), official)
+    return data, _split("fss", root, data, ids, sha256_bytes(text), official)
 
 
 # ------------------------------------------------------------ one's own folder
@@ -165,7 +140,7 @@ def list_classes(root: Path) -> list[str]:
     try:
         return sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
     except OSError as exc:
-        raise InputError(f"{root}: cannot list ({exc.strerror or exc}); --data-root must be a folder with "
+        raise InputError(f"{root}: cannot list ({exc.strerror or exc}); `data_root` must be a folder with "
                          "one subfolder per class") from None
 
 
@@ -174,13 +149,13 @@ def held_out_classes(classes: list[str], val_classes: list[str] | None, val_shar
     if val_classes:
         unknown = [c for c in val_classes if c not in classes]
         if unknown:
-            raise InputError(f"--val-classes {unknown[0]}: no such class folder (classes: "
+            raise InputError(f"`val_classes` {unknown[0]}: no such class folder (classes: "
                              f"{', '.join(classes[:8])}{', ...' if len(classes) > 8 else ''})")
         chosen = list(dict.fromkeys(val_classes))
     else:
         share = DEFAULT_VAL_SHARE if val_share is None else val_share
         if not 0 < share < 1:
-            raise InputError(f"--val-share {share}: expected a fraction between 0 and 1")
+            raise InputError(f"`val_share` {share}: expected a fraction between 0 and 1")
         count = max(1, round(share * len(classes)))
         chosen = [classes[i] for i in sorted(np.random.RandomState(0).permutation(len(classes))[:count])]
     if len(chosen) >= len(classes):
@@ -189,12 +164,12 @@ def held_out_classes(classes: list[str], val_classes: list[str] | None, val_shar
 
 
 def open_folder(data_root: os.PathLike | str, val_classes: list[str] | None = None,
-                val_share: float | None = None) -> tuple[FolderData, TrainingSplit, FolderSplit]:
+                val_share: float | None = None) -> tuple[FolderData, Split, Split]:
     """A folder of one's own classes: its data, the training split (the classes not
     held out) and the validation split (the held-out classes)."""
     root = Path(data_root)
     if not root.is_dir():
-        raise InputError(f"{root}: no such folder; --data-root must be a folder with one subfolder per class")
+        raise InputError(f"{root}: no such folder; `data_root` must be a folder with one subfolder per class")
     classes = list_classes(root)
     if len(classes) < 2:
         raise InputError(f"{root}: {len(classes)} class folder(s); training needs at least two "
@@ -203,6 +178,4 @@ def open_folder(data_root: os.PathLike | str, val_classes: list[str] | None = No
     data = FolderData(root, tuple(classes))
     train = _split("folder", root, data, [i for i, c in enumerate(classes) if c not in held_out])
     val = _split("folder", root, data, [i for i, c in enumerate(classes) if c in held_out])
-    training = TrainingSplit("folder", None, tuple(train.class_ids), train.classwise, train.entries,
-                             len(train.entries), train.sha256, official=False)
-    return data, training, val
+    return data, train, val

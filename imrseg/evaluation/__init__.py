@@ -1,13 +1,25 @@
-"""The few-shot benchmarks, shared by `imrseg eval` and `imrseg train`.
+"""The paper's benchmark evaluation: `run_benchmark(BenchmarkSettings(...))` evaluates
+PASCAL-5i or COCO-20i folds (or FSS-1000's test split) as the authors' test script
+does, resumably, and writes the report. The data it reads is in `imrseg.data`.
 
-classes     class names, folds, the paper's titles and steps (pure data)
-splits      HSNet's split lists: parsed, pinned by sha256, downloaded once
-safe_pickle an unpickler of plain data only: no globals, no shared containers, bounded work
-            (COCO's lists are pickles)
-datasets    images and masks in HSNet's layouts; ground truth as the authors read it
-episodes    test episodes drawn exactly as the authors' test script
-metrics     mIoU and FB-IoU as the authors compute them
-cam_cache   CLIP-CAMs of (image, class) pairs, computed once and kept on disk
-state       finished episodes of an evaluation, so it resumes
-loop        `evaluate`: episodes in batches through the network into the metrics
+settings   BenchmarkSettings, checked before the data is read or a model loads
+benchmark  the evaluation from start to end
+progress   BenchmarkProgress: what the evaluation tells its caller as it goes
+loop       `evaluate`: one split's episodes in batches through the network into the metrics
+metrics    mIoU and FB-IoU as the authors compute them
+state      finished episodes of an evaluation, so it resumes
 """
+from .progress import BenchmarkProgress
+from .settings import BenchmarkSettings
+
+
+def __getattr__(name):
+    # On use, so that a command declares its options without loading the data readers.
+    if name == "run_benchmark":
+        from .benchmark import run_benchmark
+
+        return run_benchmark
+    raise AttributeError(f"module 'imrseg.evaluation' has no attribute {name!r}")
+
+
+__all__ = ["BenchmarkProgress", "BenchmarkSettings", "run_benchmark"]

@@ -2,8 +2,9 @@
 
 `evaluate` draws the episodes (`episodes.sample_episodes`), runs queries in
 batches, and feeds the meter (`metrics.IoUMeter`). CLIP-CAMs come from a
-`CamSource` (`cam_cache`); a `RunState` (`state`) records each finished episode,
-so an interrupted run resumes."""
+`CamSource` (`clip.cache`); a `RunState` (`state`) records each finished episode,
+so an interrupted run resumes. One split at a time: `benchmark.run_benchmark` runs
+a whole evaluation."""
 from __future__ import annotations
 
 import time
@@ -16,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from ..distributed import Shard
-from ..errors import InputError
+from ..errors import InputError, param
 from ..models import IMRHSNet
 from ..models.imr_hsnet import INPUT_SIZE
 from ..transforms import network_input
@@ -26,9 +27,9 @@ from ..data.datasets import BenchmarkData, ground_truth
 from ..data.episodes import Episode, sample_episodes
 from .metrics import IoUMeter, intersection_union
 from ..data.splits import Split
+from .settings import check_evaluation
 from .state import STATE_VERSION, RunState
 
-METHODS = ("imr", "cam")
 CAM_THRESHOLD = 0.5
 
 
@@ -40,7 +41,7 @@ class EvalSettings:
     episodes: int = 1000
     seed: int = 0
     steps: int | None = None  # None: the paper's for the benchmark
-    method: str = "imr"  # "imr": the network; "cam": the query's CLIP-CAM >= 0.5 (paper, Table 4)
+    method: str = "imr"  # one of settings.METHODS
     zero_shot: bool = False  # the query is its own support (paper, Table 3)
     original_size: bool = False  # evaluate at the query's size instead of 400x400
     batch_size: int = 8
@@ -48,12 +49,8 @@ class EvalSettings:
     def __post_init__(self):
         if self.steps is None:
             object.__setattr__(self, "steps", paper_steps(self.benchmark))
-        if self.method not in METHODS:
-            raise InputError(f"unknown method {self.method!r}; expected one of {', '.join(METHODS)}")
-        if self.shots < 1 or self.episodes < 1 or self.steps < 1 or self.batch_size < 1:
-            raise InputError("shots, episodes, steps and batch size must be at least 1")
-        if self.seed < 0:
-            raise InputError(f"seed must be 0 or more, got {self.seed}")
+        check_evaluation(self.method, self.seed, shots=self.shots, episodes=self.episodes, steps=self.steps,
+                         batch_size=self.batch_size)
 
     def state_setting(self, split: Split, data_root: Path, weights_sha256: str | None, clip_id: str,
                       cam_mode: str) -> dict:
@@ -79,6 +76,7 @@ class EvalResult:
     cams_computed: int = 0
     unevaluated: list[str] = field(default_factory=list)  # classes no episode drew: 0 IoU in mIoU
     extra: dict = field(default_factory=dict)
+    state_path: Path | None = None  # the file of finished episodes; None: not resumable
 
     def to_dict(self) -> dict:
         s = self.settings
@@ -102,12 +100,12 @@ def evaluate(settings: EvalSettings, split: Split, data: BenchmarkData, model: I
     rank runs episodes rank, rank + world, ... and the counts are summed at the end
     (no resumable state then)."""
     if shard.distributed and state is not None:
-        raise InputError("a distributed eval keeps no resumable state; pass state=None")
+        raise InputError(f"a distributed evaluation keeps no resumable state; {param('state')} must be None")
     if settings.benchmark != split.benchmark or settings.fold != split.fold:
-        raise InputError(f"the split is {split.benchmark} fold {split.fold}, the settings say "
+        raise InputError(f"{param('split')} is {split.benchmark} fold {split.fold}, {param('settings')} say "
                          f"{settings.benchmark} fold {settings.fold}")
     if settings.method == "imr" and model is None:
-        raise InputError("method imr needs the network")
+        raise InputError(f"method imr needs the network: {param('model')} is None")
     start = time.perf_counter()
     meter = IoUMeter(settings.benchmark, split.class_ids, split.class_names)
     done = state.rows[:settings.episodes] if state else []
@@ -143,7 +141,8 @@ def evaluate(settings: EvalSettings, split: Split, data: BenchmarkData, model: I
     if shard.distributed:
         meter.merge(shard)
     return EvalResult(settings, meter.miou, meter.fb_iou, meter.per_class(), meter.count, len(done),
-                      time.perf_counter() - start, cams.computed, meter.unevaluated())
+                      time.perf_counter() - start, cams.computed, meter.unevaluated(),
+                      state_path=state.path if state is not None else None)
 
 
 class _BatchRunner:
@@ -187,9 +186,7 @@ class _BatchRunner:
         return ground_truth(mask, self.settings.benchmark, episode.class_id, size)
 
     def _cams(self, names: Sequence[str], class_ids: Sequence[int], images: dict) -> torch.Tensor:
-        paths = [self.data.image_path(n) for n in names]
-        by_path = dict(zip(paths, names))
-        return self.cams.get(paths, class_ids, lambda p: images[by_path[p]]).to(self.device)
+        return self.cams.get_by_name(self.data, names, class_ids, images.__getitem__).to(self.device)
 
     def _inputs(self, names: Sequence[str], images: dict) -> torch.Tensor:
         return torch.stack([network_input(images[n]) for n in names]).to(self.device)

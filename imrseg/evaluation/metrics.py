@@ -22,7 +22,7 @@ def intersection_union(pred: np.ndarray, gt: np.ndarray, ignore: np.ndarray) -> 
     """(H, W) 0/1 prediction and ground truth, (H, W) ignore mask -> (intersection,
     union), each [background, foreground] pixel counts over the pixels not ignored."""
     if not pred.shape == gt.shape == ignore.shape:
-        raise ValueError(f"shapes differ: pred {pred.shape}, gt {gt.shape}, ignore {ignore.shape}")
+        raise ValueError(f"shapes differ: `pred` {pred.shape}, `gt` {gt.shape}, `ignore` {ignore.shape}")
     valid = ~np.asarray(ignore, dtype=bool)
     p, g = np.asarray(pred, dtype=bool)[valid], np.asarray(gt, dtype=bool)[valid]
     fg_inter, fg_pred, fg_gt = np.count_nonzero(p & g), np.count_nonzero(p), np.count_nonzero(g)

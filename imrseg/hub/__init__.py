@@ -9,11 +9,13 @@ publish   authors' best_model.pt -> Hub layout, and publishing it (imported on u
 
 Every command resolves `--weights` with `resolve_weights` and `--clip-weights` with
 `resolve_clip`; nothing that came from the network is unpickled."""
-from .clip import (CLIP_CONFIG_FILE, CLIP_WEIGHTS_FILE, DEFAULT_CLIP, DEFAULT_CLIP_MODEL, ClipInfo, fetch_clip,                    locate_clip, resolve_clip)
+from .clip import (CLIP_CONFIG_FILE, CLIP_WEIGHTS_FILE, DEFAULT_CLIP, DEFAULT_CLIP_MODEL, ClipInfo, fetch_clip,
+                   locate_clip, resolve_clip)
 from .registry import DEFAULT_WEIGHTS, NAMESPACE_ENV, Registry, RegistryEntry, load_registry
 from .weights import (CONFIG_FILE, WEIGHTS_FILE, WeightsInfo, fetch_weights, is_cached, locate_weights,
                       resolve_steps, resolve_weights)
 
-__all__ = ["CLIP_CONFIG_FILE", "CLIP_WEIGHTS_FILE", "CONFIG_FILE", "NAMESPACE_ENV", "DEFAULT_CLIP", "DEFAULT_CLIP_MODEL", "DEFAULT_WEIGHTS", "WEIGHTS_FILE", "ClipInfo",
+__all__ = ["CLIP_CONFIG_FILE", "CLIP_WEIGHTS_FILE", "CONFIG_FILE", "NAMESPACE_ENV", "DEFAULT_CLIP", "DEFAULT_CLIP_MODEL",
+           "DEFAULT_WEIGHTS", "WEIGHTS_FILE", "ClipInfo",
            "Registry", "RegistryEntry", "WeightsInfo", "fetch_clip", "fetch_weights", "is_cached", "load_registry",
            "locate_clip", "locate_weights", "resolve_clip", "resolve_steps", "resolve_weights"]

@@ -71,7 +71,7 @@ def locate_clip(spec: str | None = None) -> ClipSource:
                               f"(open_clip tags: {tags})")
         if not cfg.get("hf_hub"):
             raise ImrsegError(f"{spec}: open_clip hosts these weights outside the Hub ({cfg.get('url')}); "
-                              "download them and pass the file with --clip-weights")
+                              "download them and pass the file as `clip_weights`")
         # open_clip's convention: "owner/name/" (its default file) or "owner/name/file".
         repo_id, filename = posixpath.split(cfg["hf_hub"])
         return ClipSource(spec, "tag", model, repo_id=repo_id, filename=_safetensors_name(filename),

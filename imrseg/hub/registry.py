@@ -9,9 +9,8 @@ from dataclasses import dataclass, fields
 from importlib import resources
 
 from ..errors import ImrsegError
-from ..data.classes import BENCHMARK_TITLES
+from ..data.classes import BACKBONE_TITLES, BENCHMARK_TITLES
 
-BACKBONE_TITLES = {"resnet50": "ResNet-50", "vgg16": "VGG-16"}
 NAMESPACE_ENV = "IMRSEG_HUB_NAMESPACE"
 DEFAULT_WEIGHTS = "imr-hsnet-resnet50-pascal-fold0"
 REGISTRY_FILE = "registry.json"
@@ -47,11 +46,11 @@ class RegistryEntry:
         """What to do instead, for an entry with no published copy: the authors' file."""
         what = (f"the authors' {BACKBONE_TITLES.get(self.backbone, self.backbone)} "
                 f"{BENCHMARK_TITLES.get(self.benchmark, self.benchmark)} fold {self.fold} checkpoint")
-        head = (f"the default checkpoint {self.name} ({what}), used when no --weights is given, "
+        head = (f"the default checkpoint {self.name} ({what}), used when no `weights` is given, "
                 "is not on the Hub yet" if default else f"{self.name}: {what} is not on the Hub yet")
         return (f"{head}; download that fold's best_model.pt from the authors' release ({self.source}) and pass "
-                f"--weights best_model.pt, or convert it once with `imrseg weights import best_model.pt --out "
-                f"{self.name} --benchmark {self.benchmark} --fold {self.fold}` and pass --weights {self.name}")
+                f"`weights` best_model.pt, or convert it once with `imrseg weights import best_model.pt --out "
+                f"{self.name} --benchmark {self.benchmark} --fold {self.fold}` and pass `weights` {self.name}")
 
     def location(self, namespace: str | None = None) -> tuple[str, str]:
         """(repo id, revision) to fetch from. Under another namespace the registry's

@@ -199,20 +199,20 @@ def is_cached(entry: RegistryEntry, namespace: str | None = None) -> bool:
 
 
 def resolve_steps(info: WeightsInfo, requested: int | None = None, benchmark: str | None = None) -> int:
-    """The one rule for a run's refinement steps: `requested` (`--steps`) when given;
+    """The one rule for a run's refinement steps: `requested` (the run's `steps`) when given;
     else the checkpoint's own (its config.json, written by the registry's publisher or
     `weights import`); else, for weights that do not record their benchmark (an
     authors' best_model.pt read directly), the paper's figure for `benchmark` (the
     one being evaluated) or the model's default, said once with how to change it."""
     if requested is not None:
         if requested < 1:
-            raise InputError(f"--steps must be 1 or more, not {requested}")
+            raise InputError(f"`steps` must be 1 or more, not {requested}")
         return requested
     if info.benchmark is not None:
         return info.steps
     steps = paper_steps(benchmark) if benchmark else info.steps
     warnings.warn(Note(
         f"{info.spec} does not record the benchmark it was trained on, so it runs {steps} refinement steps; "
-        "an authors' COCO-20i checkpoint wants 3: pass --steps 3, or convert it once with "
+        "an authors' COCO-20i checkpoint wants 3: pass `steps` 3, or convert it once with "
         "`imrseg weights import FILE --out DIR --benchmark coco --fold N`"), stacklevel=2)
     return steps

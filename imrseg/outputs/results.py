@@ -109,7 +109,7 @@ class History:
         path = out / RESULTS_FILE
         if path.is_symlink():
             raise InputError(f"{show_path(path)}: is a symbolic link; imrseg keeps its log as a regular file "
-                             "inside --out (remove the link)")
+                             "inside `out` (remove the link)")
         self.headers: list[dict] = []
         self.last: dict[str, tuple[str | None, dict]] = {}  # query -> (fingerprint then, its last row)
         self.written: set[str] = set()  # relative to `out`

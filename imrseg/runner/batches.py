@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ..devices import free_cached_memory, is_out_of_memory
 from ..durable import ResultsLog
-from ..errors import ImrsegError, InputError
+from ..errors import ImrsegError, InputError, param
 from ..images import LoadedImage, load_image
 from ..interrupts import StopOnInterrupt
 from ..outputs import naming as outputs
@@ -62,7 +62,7 @@ def predict_with_backoff(predict: Callable, images: list, sizes: list, device_na
         free_cached_memory()
         if len(images) == 1:
             raise ImrsegError(f"out of memory on {device_name} even for one image; "
-                              "try --device cpu or a smaller --batch-size") from None
+                              f"try {param('device')} cpu or a smaller {param('batch_size')}") from None
         half = len(images) // 2
         return (predict_with_backoff(predict, images[:half], sizes[:half], device_name)
                 + predict_with_backoff(predict, images[half:], sizes[half:], device_name))

@@ -24,7 +24,7 @@ from typing import ContextManager
 from .. import __version__
 from ..distributed import Shard, barrier, current_shard, start, stop
 from ..durable import FolderLock, ResultsLog, remove_temporaries
-from ..errors import InputError, Note, show_path
+from ..errors import InputError, Note, param, show_path
 from ..images import find_images, load_image, load_mask
 from ..outputs.naming import file_tags
 from ..outputs.naming import plan_outputs
@@ -93,7 +93,7 @@ class RunPlan:
 def _plan(settings: RunSettings) -> RunPlan:
     out = settings.out
     history = History(out)
-    # --out may be an input folder: what imrseg wrote there is never an input.
+    # `out` may be an input folder: what imrseg wrote there is never an input.
     exclude = [out, *(out / name for name in history.written)]
     supports = [[] if settings.zero_shot else [image for image, _ in find_images(spec.supports, exclude=exclude)]
                 for spec in settings.classes]
@@ -107,8 +107,8 @@ def _plan(settings: RunSettings) -> RunPlan:
         before = history.headers[-1].get("identity")
         what = (f"other {', '.join(differences(before, identity))}" if before
                 else "an imrseg that did not record its settings")
-        raise InputError(f"{show_path(out)}: holds outputs made with {what}; pass --overwrite to redo them "
-                         "with these settings, or choose another --out")
+        raise InputError(f"{show_path(out)}: holds outputs made with {what}; pass {param('overwrite')} to redo "
+                         f"them with these settings, or choose another {param('out')}")
     previous = None if settings.overwrite else history.header(fingerprint)
     # Only a run with this fingerprint can have finished a query, with its steps (the same).
     suffixes = settings.outputs.suffixes(previous["steps"], settings.labels) if previous else None

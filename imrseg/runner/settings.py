@@ -7,11 +7,10 @@ mask in their order); `label`, `supports` and `support_masks` are the one-class
 form and become `classes` as the settings are made."""
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import InputError
+from ..errors import InputError, param
 from ..multiclass import check_class_count, check_distinct_labels
 from ..clip.vocabulary import DEFAULT_TEMPLATE, check_template
 from .writing import OutputOptions
@@ -22,27 +21,6 @@ class ClassSpec:
     label: str
     supports: tuple[Path, ...] = ()  # empty for zero-shot: each query is its own support
     support_masks: tuple[Path, ...] = ()  # drawn masks, one per support, replacing their CAMs
-
-
-def parse_classes(pairs: Sequence[str], masks: Sequence[str] = ()) -> tuple[ClassSpec, ...]:
-    """`--class LABEL=SUPPORT` and `--class-mask LABEL=MASK` options as classes, in the
-    order each label first appears; a repeated label adds supports (and masks, in the
-    same order) to its class. Each is split at its first `=`."""
-    supports: dict[str, list[Path]] = {}
-    for item in pairs:
-        label, sep, path = item.partition("=")
-        label = label.strip()
-        if not (sep and label and path):
-            raise InputError(f"--class {item!r}: expected LABEL=SUPPORT, an image or folder of that class")
-        supports.setdefault(label, []).append(Path(path))
-    drawn: dict[str, list[Path]] = {}
-    for item in masks:
-        label, sep, path = item.partition("=")
-        label = label.strip()
-        if not (sep and path) or label not in supports:
-            raise InputError(f"--class-mask {item!r}: expected LABEL=MASK with a LABEL given by --class")
-        drawn.setdefault(label, []).append(Path(path))
-    return tuple(ClassSpec(label, tuple(files), tuple(drawn.get(label, ()))) for label, files in supports.items())
 
 
 @dataclass(frozen=True)
@@ -75,12 +53,12 @@ class RunSettings:
     def __post_init__(self):
         if self.label is not None:
             if self.classes:
-                raise InputError("give --label (with --support) or --class, not both")
+                raise InputError(f"give {param('label')} (with {param('supports')}) or {param('classes')}, not both")
             spec = ClassSpec(self.label, tuple(self.supports), tuple(self.support_masks))
             object.__setattr__(self, "classes", (spec,))
         elif self.supports or self.support_masks:
-            raise InputError("--support and --support-mask go with --label; with --class give "
-                             "LABEL=SUPPORT and --class-mask LABEL=MASK")
+            raise InputError(f"{param('supports')} and {param('support_masks')} go with {param('label')}; with "
+                             f"{param('classes')}, each class brings its own supports and masks")
 
     @property
     def labels(self) -> list[str]:
@@ -89,24 +67,25 @@ class RunSettings:
     def check(self) -> None:
         """Everything that can be checked before a model loads."""
         if not self.classes:
-            raise InputError("no class: pass --label (or --class LABEL=SUPPORT) with the name of the object")
+            raise InputError(f"no class: pass {param('label')} (or {param('classes')}) with the name of the object")
         for spec in self.classes:
             if not spec.label.strip():
-                raise InputError("the label is empty; pass --label with the name of the object to segment")
+                raise InputError(f"the label is empty; pass {param('label')} with the name of the object to segment")
             if not self.zero_shot and not spec.supports:
-                raise InputError(f"no supports for {spec.label!r}: pass at least one --support image")
+                raise InputError(f"no supports for {spec.label!r}: pass at least one {param('supports')} image")
         check_class_count(len(self.classes))
         check_distinct_labels(self.labels)
         check_template(self.prompt_template)
         if self.steps is not None and self.steps < 1:
-            raise InputError(f"--steps must be 1 or more, not {self.steps}")
+            raise InputError(f"{param('steps')} must be 1 or more, not {self.steps}")
         if self.batch_size is not None and self.batch_size < 1:
-            raise InputError(f"--batch-size must be 1 or more, not {self.batch_size}")
+            raise InputError(f"{param('batch_size')} must be 1 or more, not {self.batch_size}")
         if self.out.exists() and not self.out.is_dir():
-            raise InputError(f"{self.out}: --out is a file; give a folder for the outputs")
+            raise InputError(f"{self.out}: {param('out')} is a file; give a folder for the outputs")
         if not self.queries:
-            raise InputError("no queries: pass at least one --query image or folder")
+            raise InputError(f"no queries: pass at least one {param('queries')} image or folder")
         if self.min_area < 0:
-            raise InputError(f"--min-area must be 0 or more, not {self.min_area}")
+            raise InputError(f"{param('min_area')} must be 0 or more, not {self.min_area}")
         if (self.coco_polygons or self.min_area) and not self.coco:
-            raise InputError("--coco-polygons and --min-area shape the COCO annotations: add --coco")
+            raise InputError(f"{param('coco_polygons')} and {param('min_area')} shape the COCO annotations: add "
+                             f"{param('coco')}")

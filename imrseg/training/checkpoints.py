@@ -9,7 +9,7 @@ RUN/last/backbone.safetensors   the frozen backbone, written once (it never chan
                                 and VGG-16's is 0.5 GB: not rewritten at every save)
 RUN/best/                       the best validation mIoU so far, in the Hub layout
                                 (config.json, model.safetensors, README.md), usable
-                                as --weights and by `imrseg weights push`
+                                as `weights` and by `imrseg weights push`
 RUN/metrics.jsonl               one row per finished epoch
 RUN/curves.png                  train loss and validation mIoU per epoch
 """
@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from ..durable import atomic_write_bytes, remove_temporaries
-from ..errors import InputError, show_path
+from ..errors import InputError, param, show_path
 from ..hub.weights import CONFIG_FILE, WEIGHTS_FILE
 from ..models.checkpoint import load_error
 
@@ -71,7 +71,7 @@ class RunFolder:
     # ------------------------------------------------------------------ last/
     def saved_backbone(self) -> str | None:
         """The backbone of the run saved here (None if there is none): a resumed run is
-        rebuilt from last/, whatever --init or --backbone-weights say."""
+        rebuilt from last/, whatever `init` or `backbone_weights` say."""
         if not self.checkpoint.is_file():
             return None
         return self._read()["recipe"].get("backbone")
@@ -95,7 +95,7 @@ class RunFolder:
             differ = sorted(k for k in set(recipe) | set(saved["recipe"]) if recipe.get(k) != saved["recipe"].get(k))
             shown = "; ".join(f"{k} {saved['recipe'].get(k)!r} there, {recipe.get(k)!r} now" for k in differ)
             raise InputError(f"{show_path(self.root)}: a run with other settings ({shown}); run it with its own "
-                             "settings to continue it, or choose another --out")
+                             f"settings to continue it, or choose another {param('out')}")
         from safetensors.torch import load_file
 
         try:

@@ -84,9 +84,7 @@ class EpisodeLoader:
                      torch.stack([p[1] for p in queries]), torch.stack([p[1] for p in supports]))
 
     def cam_maps(self, names: Sequence[str], class_ids: Sequence[int]) -> torch.Tensor:
-        paths = [self.data.image_path(n) for n in names]
-        by_path = dict(zip(paths, names))
-        return self.cams.get(paths, class_ids, lambda p: self.data.read_image(by_path[p]))
+        return self.cams.get_by_name(self.data, names, class_ids)
 
     def load(self, episodes: Sequence[Episode]) -> Batch:
         with ThreadPoolExecutor(self.workers, thread_name_prefix="imrseg-train-io") as pool:

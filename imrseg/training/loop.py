@@ -29,10 +29,11 @@ from torch import nn
 
 from ..devices import autocast, free_cached_memory
 from ..distributed import Shard, all_sum
-from ..errors import Note
+from ..errors import Note, param
 from ..data.episodes import sample_episodes
 from ..evaluation.loop import EvalSettings, evaluate
-from ..data.training_episodes import TrainingSplit, training_episodes
+from ..data.splits import Split
+from ..data.training_episodes import training_episodes
 from ..hub.card import trained_card
 from .checkpoints import RunFolder, TrainState
 from .data import EpisodeLoader, precompute_cams
@@ -66,7 +67,13 @@ class Validation:
 
 
 class Reporter:
-    """What the loop tells its caller (the CLI draws progress bars); does nothing here."""
+    """What the loop tells its caller (the CLI draws progress bars); does nothing here.
+    `train` opens it (`with`) around the training, so a subclass can show it meanwhile."""
+
+    def __enter__(self) -> "Reporter":
+        return self
+
+    def __exit__(self, *exc) -> None: ...
 
     def cams(self, done: int, total: int) -> None: ...
 
@@ -91,7 +98,7 @@ class _Objective(nn.Module):
         return self.net.loss(*batch)
 
 
-def step_groups(settings: TrainSettings, split: TrainingSplit, epoch: int, world: int) -> list[list]:
+def step_groups(settings: TrainSettings, split: Split, epoch: int, world: int) -> list[list]:
     """Epoch `epoch`'s batches of episodes, one per optimiser step. Under torchrun a
     last batch smaller than the number of ranks is left out (a rank without an
     episode has no forward pass to take part in)."""
@@ -100,10 +107,12 @@ def step_groups(settings: TrainSettings, split: TrainingSplit, epoch: int, world
     return [g for g in groups if len(g) >= world]
 
 
-def fit(settings: TrainSettings, net, split: TrainingSplit, loader: EpisodeLoader, validation: Validation,
+def fit(settings: TrainSettings, net, split: Split, loader: EpisodeLoader, validation: Validation,
         run: RunFolder, device, shard: Shard = Shard(), reporter: Reporter = Reporter(),
         stop: Callable[[], bool] = lambda: False, origin: str = "") -> TrainState:
-    """Train `net` up to `settings.epochs` epochs in `run`, continuing what is saved there."""
+    """Train `net` up to `settings.epochs` epochs in `run`, continuing what is saved there
+    (settings left None take the paper's recipe, and the backbone is `net`'s)."""
+    settings = settings.resolved(net.backbone_name)
     device = torch.device(device)
     net.to(device).train()
     optimizer = torch.optim.Adam(net.trainable_parameters(), lr=settings.lr)
@@ -147,7 +156,7 @@ def fit(settings: TrainSettings, net, split: TrainingSplit, loader: EpisodeLoade
                     micro = max(1, (micro or len(batch)) // 2)
                     free_cached_memory()
                     warnings.warn(Note(f"out of GPU memory: continuing with {micro} episodes a forward pass "
-                                       f"(the same steps; --micro-batch {micro} starts so)"))
+                                       f"(the same steps; {param('micro_batch')} {micro} starts so)"))
             scaler.step(optimizer)
             scaler.update()
             batch_loss = all_sum(shard, loss_sum).item() / len(group)

@@ -1,6 +1,6 @@
-"""The network a run starts from: a checkpoint to fine-tune (`--init`, any
---weights spec, its backbone included), or, as the authors start, a fresh
-network on an ImageNet backbone: a local file (`--backbone-weights`) or
+"""The network a run starts from: a checkpoint to fine-tune (`init`, any
+weights spec, its backbone included), or, as the authors start, a fresh
+network on an ImageNet backbone: a local file (`backbone_weights`) or
 torchvision's IMAGENET1K_V1 download, the weights of the authors'
 resnet50-19c8e357.pth and vgg16-397923af.pth."""
 from __future__ import annotations
@@ -11,7 +11,7 @@ import urllib.error
 import torch
 
 from ..durable import file_sha256
-from ..errors import CheckpointError, InputError, NetworkError, one_line
+from ..errors import CheckpointError, InputError, NetworkError, one_line, param
 from ..models import IMRHSNet
 
 IMAGENET = {"resnet50": ("ResNet50_Weights", "resnet50-19c8e357.pth"),
@@ -31,9 +31,9 @@ def imagenet_backbone(backbone: str, path: str | os.PathLike | None = None) -> t
         state = weights.get_state_dict(progress=True, check_hash=True)
     except (urllib.error.URLError, OSError, RuntimeError) as exc:
         raise NetworkError(f"{weights.url}: download of torchvision's ImageNet {backbone} weights failed "
-                           f"({one_line(getattr(exc, 'reason', exc))}); pass --backbone-weights with that file "
-                           f"(or the authors' {IMAGENET[backbone][1]}), or --init WEIGHTS to fine-tune a "
-                           "checkpoint") from None
+                           f"({one_line(getattr(exc, 'reason', exc))}); pass {param('backbone_weights')} with that "
+                           f"file (or the authors' {IMAGENET[backbone][1]}), or a checkpoint to fine-tune as "
+                           f"{param('init')}") from None
     return state, f"torchvision {backbone} IMAGENET1K_V1 ({weights.url.rsplit('/', 1)[-1]})"
 
 
@@ -48,10 +48,12 @@ def initial_model(backbone: str | None, benchmark: str, fold: int | None, steps:
         from ..models.checkpoint import load_into
 
         if backbone_weights is not None:
-            raise InputError("--init and --backbone-weights exclude each other: the backbone comes from --init")
+            raise InputError(f"{param('init')} and {param('backbone_weights')} exclude each other: the backbone "
+                             f"comes from {param('init')}")
         source, info = resolve_weights(init, namespace)
         if backbone is not None and backbone != info.backbone:
-            raise InputError(f"--init {init}: a {info.backbone} checkpoint, but --backbone {backbone} was given")
+            raise InputError(f"{param('init')} {init}: a {info.backbone} checkpoint, but {param('backbone')} "
+                             f"{backbone} was given")
         model = IMRHSNet(info.backbone, benchmark, fold, steps, class_names)
         load_into(model, source.state_dict(), info.spec)
         return model, f"{info.spec} (sha256 {info.sha256})"

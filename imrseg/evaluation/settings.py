@@ -1,0 +1,94 @@
+"""What a benchmark evaluation is asked to do, as one typed object: `imrseg eval`
+builds it from its options and `run_benchmark` runs it. Everything that can be
+checked without reading the data or loading a model is checked here, so bad
+arguments stop first. No torch here: the command line reads these names at once."""
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..data.classes import BACKBONE_TITLES, NUM_FOLDS, TEST_BENCHMARKS
+from ..errors import InputError, param
+
+# "imr": the network; "cam": the query's CLIP-CAM >= 0.5 (paper, Table 4).
+METHODS = ("imr", "cam")
+ALL_FOLDS = "all"
+FOLDS = tuple(str(f) for f in range(NUM_FOLDS)) + (ALL_FOLDS,)
+
+
+def check_evaluation(method: str, seed: int, **counts: int | None) -> None:
+    """The checks every evaluation's settings share: a known method, a seed of 0 or
+    more, and each of `counts` (shots, episodes, ...) 1 or more (None: its default)."""
+    if method not in METHODS:
+        raise InputError(f"{param('method')} must be one of {', '.join(METHODS)}, not {method!r}")
+    for name, value in counts.items():
+        if value is not None and value < 1:
+            raise InputError(f"{param(name)} must be 1 or more, not {value}")
+    if seed < 0:
+        raise InputError(f"{param('seed')} must be 0 or more, not {seed}")
+
+
+@dataclass(frozen=True)
+class BenchmarkSettings:
+    benchmark: str  # pascal (PASCAL-5i), coco (COCO-20i) or fss (FSS-1000's test classes, as HSNet)
+    data_root: Path  # holds VOC2012/, COCO2014/ or FSS-1000/ in HSNet's layout
+    fold: int | str | None = None  # 0-3 or "all" for pascal and coco; None for fss (one test split)
+    splits: Path | None = None  # HSNet's data/splits; None: the official lists, downloaded once
+    shots: int = 1
+    episodes: int | None = None  # per fold; None: 1000 (fss: one per test image, as HSNet)
+    seed: int = 0  # numpy seed of the episode draw
+    steps: int | None = None  # None: the checkpoint's, else the paper's for the benchmark
+    weights: str | None = None  # every fold's; None: each fold's registry checkpoint for `backbone`
+    clip_weights: str | None = None
+    hub_namespace: str | None = None
+    backbone: str = "resnet50"  # of the registry checkpoints, when `weights` is None
+    method: str = "imr"
+    zero_shot: bool = False  # each query is its own support
+    original_size: bool = False  # score at each query's resolution instead of 400x400
+    device: str = "auto"
+    batch_size: int | None = None  # None: devices.default_batch_size
+    report: Path | None = None  # the results as JSON
+    no_cache: bool = False  # neither read nor write the CLIP-CAM disk cache
+
+    @property
+    def folds(self) -> list[int | None]:
+        """The folds to evaluate, in order (the settings checked); [None] for FSS-1000's one test split."""
+        if self.benchmark == "fss":
+            return [None]
+        return list(range(NUM_FOLDS)) if self.fold == ALL_FOLDS else [int(self.fold)]
+
+    def check(self) -> None:
+        """Everything that can be checked before the data is read or a model loads."""
+        if self.benchmark not in TEST_BENCHMARKS:
+            raise InputError(f"{param('benchmark')} must be one of {', '.join(TEST_BENCHMARKS)}, "
+                             f"not {self.benchmark!r}")
+        if self.benchmark == "fss":
+            if self.fold is not None:
+                raise InputError(f"{param('fold')} is for pascal and coco; FSS-1000 has one test split")
+        elif self.fold is None:
+            raise InputError(f"{param('fold')} is needed for {self.benchmark}: one of {', '.join(FOLDS)}")
+        elif str(self.fold) not in FOLDS:
+            raise InputError(f"{param('fold')} must be one of {', '.join(FOLDS)}, not {self.fold!r}")
+        check_evaluation(self.method, self.seed, shots=self.shots, episodes=self.episodes, steps=self.steps,
+                         batch_size=self.batch_size)
+        if self.backbone not in BACKBONE_TITLES:
+            raise InputError(f"{param('backbone')} must be one of {', '.join(BACKBONE_TITLES)}, "
+                             f"not {self.backbone!r}")
+        if self.zero_shot and self.method == "cam":
+            raise InputError(f"{param('zero_shot')} and {param('method')} cam exclude each other "
+                             "(cam uses no network)")
+        if self.report is not None:
+            _check_report(Path(self.report))
+
+
+def _check_report(path: Path) -> None:
+    """Find an unwritable report before the evaluation, not after it: by writing there."""
+    if path.is_dir():
+        raise InputError(f"{path}: {param('report')} is a folder; give a file name, e.g. {path / 'report.json'}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.check-"):
+            pass
+    except OSError as exc:
+        raise InputError(f"{path}: {param('report')} cannot be written there ({exc.strerror or exc})") from None
