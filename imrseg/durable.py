@@ -181,6 +181,16 @@ class FolderLock:
         os.close(self._fd)
 
 
+def finite_json(value, **options) -> str:
+    """`value` as JSON (numpy values and paths allowed); ImrsegError rather than the
+    tokens NaN or Infinity, which JSON does not have. ASCII escapes keep any file name
+    valid JSON, even undecodable ones (lone surrogates), unless `options` say otherwise."""
+    try:
+        return json.dumps(value, default=_json_default, allow_nan=False, **options)
+    except ValueError as exc:
+        raise ImrsegError(f"refusing to record a number that is not finite ({one_line(exc)})") from None
+
+
 def _json_default(value):
     """Let rows hold numpy numbers/arrays and paths, as the commands produce them."""
     if isinstance(value, np.generic):
@@ -231,8 +241,12 @@ class ResultsLog:
 
     def write(self, row: Mapping) -> None:
         """Append `row` (JSON-serialisable; numpy values and paths allowed) as one line."""
-        # ASCII escapes keep any file name valid JSON, even undecodable ones (lone surrogates).
-        data = (json.dumps(row, default=_json_default) + "\n").encode("ascii")
+        self.write_many([row])
+
+    def write_many(self, rows: Iterable[Mapping]) -> None:
+        """Append `rows` as lines with one write and one fsync (a group commit): a
+        kill leaves a prefix of them, the last one possibly torn and then dropped."""
+        data = b"".join(finite_json(row).encode("ascii") + b"\n" for row in rows)
         try:
             view = memoryview(data)
             while view:  # a regular file takes it in one write; the loop covers a short write
@@ -251,12 +265,11 @@ class ResultsLog:
         self.close()
 
 
-def read_results(path: os.PathLike | str) -> list[dict]:
-    """Rows of a ResultsLog file in order; [] if it does not exist.
-
-    A last line without its newline (a write cut short by a kill) is ignored; any
-    other line that is not a JSON object raises InputError naming file and line.
-    """
+def read_results(path: os.PathLike | str, numbered: bool = False) -> list:
+    """Rows of a ResultsLog file in order (with `numbered`, as (line, row)); [] if it
+    does not exist. A last line without its newline (a write cut short by a kill) is
+    ignored; any other line that is not a JSON object raises InputError naming file and
+    line, as does a number JSON does not have (NaN, Infinity)."""
     path = Path(path)
     try:
         data = path.read_bytes()
@@ -269,10 +282,14 @@ def read_results(path: os.PathLike | str) -> list[dict]:
         if not line.strip():
             continue
         try:
-            row = json.loads(line)
-        except ValueError as exc:
+            row = json.loads(line, parse_constant=_no_constant)
+        except (ValueError, RecursionError) as exc:
             raise InputError(f"{show_path(path)}:{number}: not a JSON row ({one_line(exc)})") from None
         if not isinstance(row, dict):
             raise InputError(f"{show_path(path)}:{number}: not a JSON object")
-        rows.append(row)
+        rows.append((number, row) if numbered else row)
     return rows
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not a JSON number")
