@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .devices import autocast, check_precision, resolve_device
+from .devices import autocast, check_precision, float32_mode, resolve_device
 from .errors import InputError
 from .clip.vocabulary import class_vocabulary
 from .multiclass import check_class_count, check_distinct_labels, index_mask
@@ -88,8 +88,9 @@ class Predictor:
 
     `cam` is a `ClipCAM` (needed unless every image comes with a drawn mask);
     `device` is where the network and CAM run; `steps` defaults to the model's;
-    `precision` ("fp32", "fp16", "bf16") is the network's autocast precision (the
-    CAM always runs in fp32: its gradients need it).
+    `precision` ("fp32", "tf32", "fp16", "bf16", see `imrseg.devices`) is the network's
+    precision; the CAM runs in fp32 storage always (its gradients need it), in IEEE
+    fp32 when `precision` is "fp32" and with TF32 otherwise.
     """
 
     def __init__(self, model: IMRHSNet, cam=None, device: str | torch.device = "cpu",
@@ -220,12 +221,14 @@ class Predictor:
         if self.cam is None:
             raise InputError("no CLIP model to compute coarse masks: give the Predictor a ClipCAM as `cam`")
         vocabularies = [self.vocabulary(label) for label in labels]
-        return self.cam.cams_for_labels(list(images), vocabularies, size=CAM_SIZE).to(self.device)
+        with float32_mode(self.precision):
+            return self.cam.cams_for_labels(list(images), vocabularies, size=CAM_SIZE).to(self.device)
 
     def inference(self):
         """The context the network runs in: no autograd, the predictor's precision."""
         stack = contextlib.ExitStack()
         stack.enter_context(torch.inference_mode())
+        stack.enter_context(float32_mode(self.precision))
         stack.enter_context(autocast(self.device, self.precision))
         return stack
 

@@ -7,13 +7,45 @@ from typer.testing import CliRunner
 
 from conftest import write_image
 from imrseg.cli import _register, app
-from imrseg.devices import check_precision, default_batch_size, resolve_device
+from imrseg.devices import (MAX_DEFAULT_BATCH, QUERY_MEMORY_MIB, batch_for_memory, check_precision,
+                            default_batch_size, float32_mode, resolve_device)
 from imrseg.errors import InputError
 
 
-@pytest.mark.parametrize("device, expected", [("cpu", 2), ("cuda", 8), ("cuda:1", 8), ("mps", 2)])
-def test_one_batch_size_rule_for_every_device(device, expected):
-    assert default_batch_size(torch.device(device)) == expected
+@pytest.mark.parametrize("device", ["cpu", "mps"])
+def test_one_batch_size_rule_off_the_gpu(device):
+    assert default_batch_size(torch.device(device)) == 2
+
+
+@pytest.mark.parametrize("gib, precision, expected", [
+    (80, "fp32", MAX_DEFAULT_BATCH), (80, "bf16", MAX_DEFAULT_BATCH), (16, "fp32", 8192 // QUERY_MEMORY_MIB["fp32"]),
+    (24, "bf16", 12288 // QUERY_MEMORY_MIB["bf16"]), (0.5, "fp32", 1)])
+def test_the_gpu_batch_follows_its_memory(monkeypatch, gib, precision, expected):
+    class Properties:
+        total_memory = int(gib * 2**30)
+
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: Properties)
+    assert default_batch_size(torch.device("cuda", 1), precision) == expected == batch_for_memory(gib * 1024,
+                                                                                                  precision)
+    assert 1 <= expected <= MAX_DEFAULT_BATCH
+
+
+@pytest.mark.parametrize("precision, tf32", [("fp32", False), ("tf32", True), ("bf16", True), ("fp16", True)])
+@pytest.mark.parametrize("before", [False, True])
+def test_fp32_turns_tf32_off_and_restores_the_callers_flags(precision, tf32, before):
+    matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+    saved = (matmul.allow_tf32, cudnn.allow_tf32)
+    try:
+        matmul.allow_tf32 = cudnn.allow_tf32 = before
+        with float32_mode(precision):
+            assert (matmul.allow_tf32, cudnn.allow_tf32) == (tf32, tf32)
+        assert (matmul.allow_tf32, cudnn.allow_tf32) == (before, before)
+        with pytest.raises(KeyError):
+            with float32_mode(precision):
+                raise KeyError
+        assert (matmul.allow_tf32, cudnn.allow_tf32) == (before, before)
+    finally:
+        matmul.allow_tf32, cudnn.allow_tf32 = saved
 
 
 def test_fp16_is_refused_on_the_cpu():

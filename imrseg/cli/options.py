@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from ..data.classes import BACKBONE_TITLES, FOLD_BENCHMARKS, TEST_BENCHMARKS, TRAIN_BENCHMARKS
+from ..devices import PRECISIONS
 
 
 def choices(name: str, values: Sequence[str]) -> type[Enum]:
@@ -39,10 +40,7 @@ class CamMode(str, Enum):
     full = "full"
 
 
-class Precision(str, Enum):
-    fp32 = "fp32"
-    fp16 = "fp16"
-    bf16 = "bf16"
+Precision = choices("Precision", PRECISIONS)
 
 
 def flag(name: str, text: str):
@@ -65,11 +63,14 @@ HubNamespaceOption = Annotated[Optional[str], typer.Option(
 DeviceOption = Annotated[str, typer.Option(
     "--device", "-d", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps.")]
 PrecisionOption = Annotated[Precision, typer.Option(
-    "--precision", help="Network precision: fp32, or fp16/bf16 autocast (fp16 on GPU only).")]
+    "--precision", help="fp32 (default): IEEE fp32 on every device, the authors' numbers; tf32: fp32 with "
+                        "TensorFloat-32 matmuls and convolutions on CUDA GPUs (faster, about 1e-3 off); bf16/fp16: "
+                        "the network under autocast (fp16 on a GPU only).")]
 StepsOption = Annotated[Optional[int], typer.Option(
     "--steps", "-n", help="Refinement steps (default: the checkpoint's, 2 for PASCAL, 3 for COCO).")]
 BatchSizeOption = Annotated[Optional[int], typer.Option(
-    "--batch-size", "-b", help="Queries per forward pass (default: 8 on a CUDA GPU, 2 on CPU or MPS).")]
+    "--batch-size", "-b", help="Queries per forward pass (default: on a CUDA GPU as many as half its memory holds, at most 64; "
+                          "2 on CPU or MPS).")]
 CamModeOption = Annotated[CamMode, typer.Option(
     "--cam-mode", help="CLIP-CAM preprocessing: official (centre crop, as the authors) or full "
                        "(whole image, aligned with what the network sees).")]
