@@ -239,11 +239,11 @@ class OwnedFolder:
     def owns(self, name: os.PathLike | str) -> bool:
         return self.relative(name) in self._owned
 
-    def claim(self, names: Iterable[os.PathLike | str]) -> list[Path]:
-        """Make `names` imrseg's to write: each one is refused if it exists and imrseg
-        did not write it (unless `overwrite`); the new ones are recorded in the
-        manifest, with one write, before any of them is written. Their paths, in order."""
-        paths, new = [], []
+    def check(self, names: Iterable[os.PathLike | str]) -> list[str]:
+        """Refuse now what `claim` would refuse (a link on the way; a file there that
+        imrseg did not write, unless `overwrite`), writing nothing; the names not yet
+        known as imrseg's, relative and without repeats."""
+        new = []
         for name in names:
             rel, path = self.relative(name), self.path(name)
             if rel not in self._owned:
@@ -254,12 +254,19 @@ class OwnedFolder:
                 if os.path.isdir(path):
                     raise ImrsegError(f"{show_path(path)}: is a folder; imrseg wants to write a file there")
                 new.append(rel)
-            paths.append(path)
+        return list(dict.fromkeys(new))
+
+    def claim(self, names: Iterable[os.PathLike | str]) -> list[Path]:
+        """Make `names` imrseg's to write: each one is refused as `check` says; the new
+        ones are recorded in the manifest, with one write, before any of them is
+        written. Their paths, in order."""
+        names = list(names)
+        new = self.check(names)
         if new:
             with ResultsLog(self.path(MANIFEST)) as manifest:
-                manifest.write_many([{"file": rel} for rel in dict.fromkeys(new)])
+                manifest.write_many([{"file": rel} for rel in new])
             self._owned.update(new)
-        return paths
+        return [self.path(name) for name in names]
 
     def write(self, name: os.PathLike | str, data: bytes) -> Path:
         """Claim `name` and write `data` to it atomically."""

@@ -101,10 +101,10 @@ def labelled_folder(tmp_path: Path) -> Path:
         classes = {label: {"fraction": float((mask == i).mean()), "score": 0.5 + 0.1 * i}
                    for i, label in enumerate(LABELS, start=1)}
         score = min([c["score"] for c in classes.values() if c["fraction"] > 0], default=0.0)
-        rows.append({"type": "query", "query": str(queries / name), "file": name, "status": "done",
+        rows.append({"type": "query", "query": str(queries / name), "file_name": name, "status": "done",
                      "mask": str(out / f"{stem}.png"), "outputs": [f"{stem}_overlay.jpg", f"{stem}.png"],
                      "classes": classes, "score": score})
-    rows.append({"type": "query", "query": str(queries / "c.jpg"), "file": "c.jpg", "status": "failed",
+    rows.append({"type": "query", "query": str(queries / "c.jpg"), "file_name": "c.jpg", "status": "failed",
                  "mask": None, "outputs": [], "error": "c.jpg: not an image"})
     with ResultsLog(out / "results.jsonl") as log:
         log.write({"type": "run", "label": None, "classes": [{"label": label} for label in LABELS]})

@@ -226,7 +226,8 @@ def test_imported_weights_follow_the_umask(recipe_weight_files, tmp_path):
     finally:
         os.umask(old)
     assert {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "converted").iterdir()} == {
-        "config.json": 0o644, "model.safetensors": 0o644, "README.md": 0o644}
+        "config.json": 0o644, "model.safetensors": 0o644, "README.md": 0o644,
+        ".imrseg-files": 0o644, ".imrseg.lock": 0o644}  # the guard's manifest and lock too
 
 
 def test_settings_errors_name_the_parameters(tmp_path):

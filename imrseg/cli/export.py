@@ -24,9 +24,9 @@ def export(
 ) -> None:
     """Export a finished output folder's masks as dataset annotations (COCO), as
     `segment --coco` does at the end of a run."""
-    from ..outputs.coco import export_coco
-    from ..durable import FolderLock
     from ..errors import InputError, show_path
+    from ..guard import OwnedFolder
+    from ..outputs.coco import export_coco
 
     if not coco:
         raise InputError("nothing to export: pass --coco")
@@ -34,5 +34,6 @@ def export(
         raise InputError(f"--min-area must be 0 or more, not {min_area}")
     if not out.is_dir():
         raise InputError(f"{show_path(out)}: not a folder; give the --out folder of a run")
-    with FolderLock(out):  # not while a run writes there
-        typer.echo(str(export_coco(out, min_area, coco_polygons)))
+    # Under the folder's lock (not while a run writes there), never over a file of the user's.
+    with OwnedFolder(out, parameter="out", overwrite=None) as folder:
+        typer.echo(str(export_coco(folder, min_area, coco_polygons)))

@@ -21,11 +21,12 @@ def gallery(out: Annotated[Path, typer.Argument(help="An output folder of imrseg
     """Write OUT/gallery.html: each result's overlay, classes and score, worst first,
     with a filter per class; open it in any browser, no server needed. `segment
     --gallery` writes the same page at the end of a run."""
-    from ..durable import FolderLock
     from ..errors import InputError, show_path
+    from ..guard import OwnedFolder
     from ..outputs.gallery import build_gallery
 
     if not out.is_dir():
         raise InputError(f"{show_path(out)}: not a folder; give the --out folder of a run")
-    with FolderLock(out):  # not while a run writes there
-        typer.echo(str(build_gallery(out)))
+    # Under the folder's lock (not while a run writes there), never over a file of the user's.
+    with OwnedFolder(out, parameter="out", overwrite=None) as folder:
+        typer.echo(str(build_gallery(folder)))

@@ -13,7 +13,7 @@ from typing import Annotated, Optional
 import typer
 
 from ..clip.vocabulary import DEFAULT_TEMPLATE
-from ..errors import InputError, in_terms_of
+from ..errors import InputError, in_terms_of, show_path
 from . import EXIT_INPUT_FAILED, EXIT_INTERRUPTED, app, parameter_flags
 from .options import (BatchSizeOption, CamMode, CamModeOption, ClipWeightsOption, CocoOption, CocoPolygonsOption,
                       DeviceOption, GalleryOption, HubNamespaceOption, MaxPixelsOption, MinAreaOption, Precision,
@@ -60,8 +60,8 @@ SaveCamOption = Annotated[bool, flag("--save-cam", "Also write <name>_cam.png (t
 SaveStepsOption = Annotated[bool, flag(
     "--save-steps", "Also write <name>_step{t}.png, the mask after each refinement step.")]
 OverwriteOption = Annotated[bool, flag(
-    "--overwrite", "Redo every query, even finished ones, and let these settings replace those the output "
-                   "folder was made with.")]
+    "--overwrite", "Redo every query, even finished ones, let these settings replace those the output folder "
+                   "was made with, and let outputs replace files there that imrseg did not write.")]
 SummaryJsonOption = Annotated[bool, flag("--json", "Print a JSON summary on stdout.")]
 WorstOption = Annotated[int, typer.Option(
     "--worst", metavar="N", help="List the N finished queries lowest by --sort-by under the summary (0: none).")]
@@ -225,6 +225,7 @@ def _report(summary, out: Path, results: Path, *, quiet: bool, as_json: bool, wo
         return
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     table = Table(title="imrseg", show_header=True)
     for column in ("done", "skipped", "failed", "mean foreground", "s / image"):
@@ -239,8 +240,11 @@ def _report(summary, out: Path, results: Path, *, quiet: bool, as_json: bool, wo
         for column in ("score", "foreground", "query"):
             lowest.add_column(column, justify="left" if column == "query" else "right")
         for query, score, fg in worst:
-            lowest.add_row("-" if score is None else f"{score:.3f}", "-" if fg is None else f"{fg:.1%}", query)
+            # A Text, not a string: a query's name is never read as Rich markup (`[bold]x[/bold].jpg`).
+            lowest.add_row("-" if score is None else f"{score:.3f}", "-" if fg is None else f"{fg:.1%}",
+                           Text(show_path(query)))
         console.print(lowest)
     console.print(f"outputs in {out}, recorded in {results}", markup=False, highlight=False, soft_wrap=True)
     if summary.failed:
-        console.print(f"{summary.failed} input(s) failed; see the errors above and {results}", markup=False)
+        console.print(f"{summary.failed} input(s) failed; see the errors above and {results}", markup=False,
+                      highlight=False, soft_wrap=True)

@@ -1,8 +1,8 @@
 """COCO instance annotations of an output folder: `OUT/annotations.json`.
 
-Built from results.jsonl and the masks on disk (`results.read_finished`), so a resumed or
-sharded run exports every query it finished, and `imrseg export` gives the same
-file later without a model. Each class's mask is split into connected components
+Built from results.jsonl and the masks on disk (`results.read_finished`, through the
+folder's guard), so a resumed or sharded run exports every query it finished, and
+`imrseg export` gives the same file later without a model. Each class's mask is split into connected components
 (8-connected), and each component becomes one annotation: its segmentation as
 COCO run-length encoding (pycocotools' own encoding, exact) or, with polygons,
 the outline of its pixels (traced on a grid twice as fine, so the polygon follows
@@ -22,9 +22,8 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from .. import __version__
-from ..durable import atomic_write_bytes
-from .masks import read_index_mask
-from .results import FinishedRun, read_finished
+from ..guard import OwnedFolder
+from .results import FinishedRun, opened, read_finished
 
 ANNOTATIONS_FILE = "annotations.json"
 POLYGON_SCALE = 2  # pixel edges lie on the half-pixel grid
@@ -86,7 +85,7 @@ def annotations_document(run: FinishedRun, min_area: int = 0, use_polygons: bool
     """The COCO instances document of a finished output folder."""
     images, annotations = [], []
     for image_id, query in enumerate(run.queries, start=1):
-        index = read_index_mask(run.out / query.mask)
+        index = run.mask(query)
         height, width = index.shape
         images.append({"id": image_id, "file_name": query.file_name, "width": width, "height": height})
         for class_index, label in enumerate(run.labels, start=1):
@@ -114,10 +113,10 @@ def _encoded(json_rle: dict) -> dict:
     return {"size": json_rle["size"], "counts": json_rle["counts"].encode("ascii")}
 
 
-def export_coco(out: os.PathLike | str, min_area: int = 0, use_polygons: bool = False) -> Path:
-    """Write `out/annotations.json` atomically (replacing an earlier one); returns its path."""
-    out = Path(out)
-    document = annotations_document(read_finished(out), min_area, use_polygons)
-    path = out / ANNOTATIONS_FILE
-    atomic_write_bytes(path, json.dumps(document, separators=(",", ":")).encode("utf-8"))
-    return path
+def export_coco(out: OwnedFolder | os.PathLike | str, min_area: int = 0, use_polygons: bool = False) -> Path:
+    """Write `out/annotations.json` atomically (replacing one imrseg wrote, never a
+    file of the user's); returns its path. `out` is a folder, or the OwnedFolder a run holds."""
+    with opened(out) as folder:
+        document = annotations_document(read_finished(folder), min_area, use_polygons)
+        folder.write(ANNOTATIONS_FILE, json.dumps(document, separators=(",", ":")).encode("utf-8"))
+        return folder.given / ANNOTATIONS_FILE

@@ -7,7 +7,9 @@ class (`gallery.html#class=dog` opens with one class selected), a menu re-sorts.
 The page needs no server and no network: its style, script and data are inline,
 and every link is relative, so the folder can be moved or zipped. Thumbnails are
 written once, under `OUT/.gallery/` (a hidden folder, which no query's outputs can
-collide with), and loaded lazily, so the page stays usable at 10,000 queries."""
+collide with), and loaded lazily, so the page stays usable at 10,000 queries. The
+page's data is JSON inside a script element, with `<`, `>` and `&` escaped, so no
+name or label can end it. Files are read and written through the folder's guard."""
 from __future__ import annotations
 
 import html
@@ -21,37 +23,42 @@ from urllib.parse import quote
 
 from PIL import Image
 
-from ..durable import atomic_write_bytes
-from ..errors import InputError, show_path
-from .masks import read_index_mask
+from ..errors import InputError, one_line, show_path
+from ..guard import OwnedFolder
 from .naming import OVERLAY_SUFFIX
 from .palette import class_colour
-from .results import FinishedQuery, FinishedRun, read_finished
+from .results import FinishedRun, QueryRow, opened, read_finished
 
 GALLERY_FILE = "gallery.html"
 THUMBS = ".gallery"
 THUMB_SIZE = 256  # long side, px
 PAGE_TEMPLATE = "gallery_page.html"  # package data beside this module
+# What the page's embedded JSON escapes, so that no text in it (a file name, a label)
+# can end the script element or open a comment in it: `</script>`, `<!--`, `<script`.
+SCRIPT_SAFE = str.maketrans({"<": "\\u003c", ">": "\\u003e", "&": "\\u0026"})
 
 
-def thumbnail(out: Path, query: FinishedQuery) -> str:
-    """The overlay's thumbnail, relative to `out`; written only when missing or older
-    than the overlay (a redone query gets a new one)."""
-    overlay = out / (query.stem + OVERLAY_SUFFIX)
+def thumbnail(folder: OwnedFolder, query: QueryRow) -> str:
+    """The overlay's thumbnail, relative to the folder; written only when missing or
+    older than the overlay (a redone query gets a new one)."""
+    overlay = query.stem + OVERLAY_SUFFIX
     rel = f"{THUMBS}/{query.stem}.jpg"
-    thumb = out / rel
-    if (out / THUMBS).is_symlink() or not thumb.parent.resolve().is_relative_to(out.resolve()):
-        raise InputError(f"{show_path(thumb.parent)}: leads outside {show_path(out)} (a symbolic link); "
-                         "remove it so that thumbnails stay in the output folder")
-    if thumb.is_file() and thumb.stat().st_mtime_ns >= overlay.stat().st_mtime_ns:
+    source = folder.path(overlay)  # a link in the way is refused
+    if not folder.is_file(overlay):
+        raise InputError(f"{show_path(folder.given / overlay)}: the overlay of {show_path(query.query)} is missing; "
+                         "run the segment command again to redo it")
+    if folder.is_file(rel) and os.stat(folder.path(rel)).st_mtime_ns >= os.stat(source).st_mtime_ns:
         return rel
-    with Image.open(overlay) as image:
-        image.draft("RGB", (THUMB_SIZE, THUMB_SIZE))  # JPEG decodes straight at a reduced size
-        small = image.convert("RGB")
-        small.thumbnail((THUMB_SIZE, THUMB_SIZE))
+    try:
+        with Image.open(io.BytesIO(folder.read_bytes(overlay))) as image:
+            image.draft("RGB", (THUMB_SIZE, THUMB_SIZE))  # JPEG decodes straight at a reduced size
+            small = image.convert("RGB")
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise InputError(f"{show_path(folder.given / overlay)}: cannot read the overlay ({one_line(exc)})") from None
+    small.thumbnail((THUMB_SIZE, THUMB_SIZE))
     buffer = io.BytesIO()
     small.save(buffer, format="JPEG", quality=80)
-    atomic_write_bytes(thumb, buffer.getvalue())
+    folder.write(rel, buffer.getvalue())
     return rel
 
 
@@ -60,46 +67,47 @@ def _href(rel: str) -> str:
     return quote(rel, safe="/")
 
 
-def _image_link(out: Path, query: FinishedQuery) -> str | None:
+def _image_link(folder: OwnedFolder, query: QueryRow) -> str | None:
     """A relative link from the page to the query image, if it is where the run found it."""
-    path = Path(query.query)
-    if not path.is_file():
+    if not os.path.isfile(query.identity):
         return None
-    return _href(Path(os.path.relpath(path.resolve(), out.resolve())).as_posix())
+    return _href(Path(os.path.relpath(query.identity, folder.root)).as_posix())
 
 
-def _present(run: FinishedRun, query: FinishedQuery) -> list[int]:
+def _present(run: FinishedRun, query: QueryRow) -> list[int]:
     """The classes (1-based) a query has pixels of: from its row, or its mask when the row has none."""
     if query.classes:
         return [i for i, label in enumerate(run.labels, start=1)
                 if (query.classes.get(label) or {}).get("fraction", 0) > 0]
-    index = read_index_mask(run.out / query.mask)
+    index = run.mask(query)
     return [i for i in range(1, len(run.labels) + 1) if (index == i).any()]
 
 
-def _entry(run: FinishedRun, query: FinishedQuery) -> dict:
+def _entry(run: FinishedRun, query: QueryRow) -> dict:
     extra = [rel for rel in query.outputs if rel not in (query.mask, query.stem + OVERLAY_SUFFIX)]
-    links = [["image", _image_link(run.out, query)], ["mask", _href(query.mask)],
+    links = [["image", _image_link(run.folder, query)], ["mask", _href(query.mask)],
              ["overlay", _href(query.stem + OVERLAY_SUFFIX)]]
     links += [[PurePosixPath(rel).name[len(PurePosixPath(query.stem).name) + 1:].rsplit(".", 1)[0], _href(rel)]
               for rel in extra]
-    return {"name": query.file_name, "thumb": _href(thumbnail(run.out, query)), "score": query.score,
+    return {"name": query.file_name, "thumb": _href(thumbnail(run.folder, query)), "score": query.score,
             "classes": _present(run, query), "links": [link for link in links if link[1]]}
 
 
-def build_gallery(out: os.PathLike | str) -> Path:
-    """Write `out/gallery.html` (and any missing thumbnails); returns its path."""
-    run = read_finished(out)
-    entries = sorted((_entry(run, q) for q in run.queries),
-                     key=lambda e: (-1.0 if e["score"] is None else e["score"], e["name"]))
-    classes = [{"index": i, "label": label, "colour": "rgb(%d,%d,%d)" % class_colour(i)}
-               for i, label in enumerate(run.labels, start=1)]
-    data = json.dumps({"classes": classes, "queries": entries}, ensure_ascii=True).replace("</", "<\\/")
-    fill = {"title": html.escape(f"imrseg: {run.out.resolve().name}"), "data": data}
-    page = re.sub(r"\{\{(title|data)\}\}", lambda m: fill[m[1]], _page())  # one pass: no value is read as a slot
-    path = run.out / GALLERY_FILE
-    atomic_write_bytes(path, page.encode("utf-8"))
-    return path
+def build_gallery(out: OwnedFolder | os.PathLike | str) -> Path:
+    """Write `out/gallery.html` (and any missing thumbnails); returns its path. `out` is
+    a folder, or the OwnedFolder a run holds."""
+    with opened(out) as folder:
+        run = read_finished(folder)
+        folder.claim([GALLERY_FILE])  # refused now, if it is not imrseg's, before any thumbnail is written
+        entries = sorted((_entry(run, q) for q in run.queries),
+                         key=lambda e: (-1.0 if e["score"] is None else e["score"], e["name"]))
+        classes = [{"index": i, "label": label, "colour": "rgb(%d,%d,%d)" % class_colour(i)}
+                   for i, label in enumerate(run.labels, start=1)]
+        data = json.dumps({"classes": classes, "queries": entries}, ensure_ascii=True).translate(SCRIPT_SAFE)
+        fill = {"title": html.escape(f"imrseg: {folder.root.name}"), "data": data}
+        page = re.sub(r"\{\{(title|data)\}\}", lambda m: fill[m[1]], _page())  # one pass: no value is read as a slot
+        folder.write(GALLERY_FILE, page.encode("utf-8"))
+        return folder.given / GALLERY_FILE
 
 
 def _page() -> str:

@@ -13,7 +13,7 @@ import numpy as np
 from PIL import Image
 
 from ..durable import atomic_write_bytes
-from ..errors import ImrsegError, InputError, show_path
+from ..errors import ImrsegError, InputError, one_line, show_path
 from .palette import PALETTE
 
 
@@ -53,14 +53,15 @@ def save_index_png(path: os.PathLike | str, index: np.ndarray) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
-def read_index_mask(path: os.PathLike | str) -> np.ndarray:
+def read_index_mask(path: os.PathLike | str, data: bytes | None = None) -> np.ndarray:
     """A written mask as class indices, (H, W) uint8: an indexed PNG as it is, a
-    0/255 single-class mask as 0/1. InputError naming the file otherwise."""
+    0/255 single-class mask as 0/1; decoded from `data` when given (the file's bytes,
+    read by the caller), `path` then only naming it. InputError naming the file otherwise."""
     try:
-        with Image.open(path) as image:
+        with Image.open(path if data is None else io.BytesIO(data)) as image:
             image.load()
-    except (OSError, ValueError) as exc:
-        raise InputError(f"{show_path(path)}: cannot read the mask ({exc})") from None
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise InputError(f"{show_path(path)}: cannot read the mask ({one_line(exc)})") from None
     if image.mode == "P":
         return np.asarray(image, np.uint8)
     if image.mode in ("L", "1"):

@@ -34,6 +34,12 @@ def output_path(stem: os.PathLike | str, suffix: str) -> Path:
     return stem.with_name(stem.name + suffix)
 
 
+def stem_of(mask: os.PathLike | str) -> Path:
+    """The stem whose mask is `mask`: `output_path(stem_of(m), MASK_SUFFIX) == m`."""
+    mask = Path(mask)
+    return mask.with_name(mask.name.removesuffix(MASK_SUFFIX))
+
+
 def output_stem(image_path: os.PathLike | str, root: os.PathLike | str, out_dir: os.PathLike | str) -> Path:
     """`out_dir / (image_path relative to root, extension removed)`.
 

@@ -1,6 +1,8 @@
 """The loop over a run's queries: decode in the background, predict in batches,
-write every output atomically, log one row per query in query order, and stop
-cleanly on Ctrl-C.
+write every output atomically through the folder's guard (a batch's files claimed
+with one manifest write, then named in a "writing" row, before any is written; the
+files written in parallel, then the batch's rows, one per query in query order,
+appended with one fsync), and stop cleanly on Ctrl-C.
 
 A query an earlier run finished (as results.jsonl proves, see `History.finished`)
 is skipped, so re-running a command after an interruption finishes the rest;
@@ -8,6 +10,7 @@ nothing finished is ever rewritten or lost."""
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -17,14 +20,17 @@ from pathlib import Path
 from ..devices import free_cached_memory, is_out_of_memory
 from ..durable import ResultsLog
 from ..errors import ImrsegError, InputError, param
+from ..guard import OwnedFolder
 from ..images import LoadedImage, load_image
 from ..interrupts import StopOnInterrupt
 from ..outputs import naming as outputs
-from ..outputs.results import Outcome, Summary, relative_outputs
+from ..outputs.results import Outcome, QueryRow, Summary, relative_outputs
 from ..prefetch import ahead
 from .writing import OutputOptions, write_outputs
 
 PREFETCH_BATCHES = 2
+# Threads writing a batch's files: encoding and fsync release the GIL, so they overlap.
+WRITERS = min(8, os.cpu_count() or 1)
 
 
 @dataclass(frozen=True)
@@ -35,7 +41,7 @@ class Job:
     query: Path
     stem: Path
     file: dict | None
-    finished: dict | None = None
+    finished: QueryRow | None = None
     file_name: str | None = None  # the query relative to the folder it was found in
 
 
@@ -68,27 +74,24 @@ def predict_with_backoff(predict: Callable, images: list, sizes: list, device_na
                 + predict_with_backoff(predict, images[half:], sizes[half:], device_name))
 
 
-def segment_queries(predict: Callable | None, jobs: Sequence[Job], *, out: Path, steps: int,
+def segment_queries(predict: Callable | None, jobs: Sequence[Job], *, folder: OwnedFolder, steps: int,
                     options: OutputOptions, labels: Sequence[str], batch_size: int, max_pixels: int | None,
                     log: ResultsLog, device_name: str = "cpu",
                     on_outcome: Callable[[Outcome], None] = lambda o: None,
                     stop: StopOnInterrupt | None = None) -> Summary:
-    """Segment every job not yet finished, writing its outputs under `out`; log one
-    row per job, in the jobs' order. `predict(images, sizes)` returns one
-    ClassPredictions (of `labels`) per loaded image (None when every job is finished)."""
+    """Segment every job not yet finished, writing its outputs into `folder` (the
+    jobs' stems lie under the folder as it was given); log one row per job, in the
+    jobs' order. `predict(images, sizes)` returns one ClassPredictions (of `labels`)
+    per loaded image (None when every job is finished)."""
     summary = Summary()
+    out = folder.given
     suffixes = options.suffixes(steps, labels)
     # This batch's jobs in order: (job, LoadedImage) to predict, or an Outcome already known.
     pending: list = []
 
-    def record(outcome: Outcome) -> None:
-        log.write(outcome.row())
-        summary.add(outcome)
-        on_outcome(outcome)
-
-    def written(job: Job, loaded: LoadedImage, result, seconds: float) -> Outcome:
-        try:
-            write_outputs(job.stem, loaded, result, options, labels)
+    def written(job: Job, loaded: LoadedImage, result, seconds: float, stem: Path) -> Outcome:
+        try:  # `stem`: the job's, as the guard's claimed paths give it (no link on the way)
+            write_outputs(stem, loaded, result, options, labels)
         except ImrsegError as exc:
             return Outcome(job.query, "failed", error=str(exc), steps=steps, query_file=job.file,
                            file_name=job.file_name)
@@ -100,23 +103,35 @@ def segment_queries(predict: Callable | None, jobs: Sequence[Job], *, out: Path,
 
     def flush() -> None:
         batch = [item for item in pending if not isinstance(item, Outcome)]
+        work = list(pending)
         if batch:
             started = time.perf_counter()
             predictions = iter(predict_with_backoff(predict, [loaded.image for _, loaded in batch],
                                                     [loaded.size for _, loaded in batch], device_name))
             each = round((time.perf_counter() - started) / len(batch), 4)
-            log.write({"type": "writing",
-                       "outputs": [f for job, _ in batch for f in relative_outputs(job.stem, suffixes, out)]})
-        for item in pending:
-            record(item if isinstance(item, Outcome) else written(*item, next(predictions), each))
+            names = [f for job, _ in batch for f in relative_outputs(job.stem, suffixes, out)]
+            masks = folder.claim(names)[len(suffixes) - 1::len(suffixes)]  # each job's mask: its last file
+            stems = iter(outputs.stem_of(mask) for mask in masks)
+            log.write({"type": "writing", "outputs": names})
+            work = [item if isinstance(item, Outcome) else (*item, next(predictions), each, next(stems))
+                    for item in pending]
+        # Group commit: the batch's files are written (each fsynced) in parallel, then
+        # its rows appended with one fsync, so a row still means its files are complete.
+        done = list(writers.map(lambda item: item if isinstance(item, Outcome) else written(*item), work))
+        log.write_many(outcome.row() for outcome in done)
+        for outcome in done:
+            summary.add(outcome)
+            on_outcome(outcome)
         pending.clear()
 
     todo = [job.query for job in jobs if job.finished is None]
     images = 0
-    with contextlib.closing(_decoded(todo, max_pixels, lookahead=PREFETCH_BATCHES * batch_size)) as decoded:
+    with contextlib.closing(_decoded(todo, max_pixels, lookahead=PREFETCH_BATCHES * batch_size)) as decoded, \
+            ThreadPoolExecutor(max_workers=WRITERS, thread_name_prefix="imrseg-write") as writers:
         for job in jobs:
             if job.finished is not None:
-                pending.append(Outcome.skipped(job.query, job.finished))
+                pending.append(Outcome.skipped(job.query, outputs.output_path(job.stem, outputs.MASK_SUFFIX),
+                                               job.finished))
             elif stop is not None and stop.requested:
                 summary.interrupted = True
                 break

@@ -1,14 +1,16 @@
 """A folder run from start to end, ordered so that everything that can go wrong
 without a model does so before one loads:
 
-1. check the arguments; take the output folder's lock (one run at a time) and fold
-   in the rows of a distributed run that was killed;
+1. check the arguments; open the output folder through the guard (`OwnedFolder`: its
+   lock, one run at a time; the files imrseg wrote there, which it may replace; no
+   link below it followed) and fold in the rows of a distributed run that was killed;
 2. read results.jsonl (`History`): the folder's fingerprint, the finished queries,
    and the files imrseg wrote there, which are never read back as inputs;
 3. find and check the supports and queries, fingerprint the run (hashing the weight
    files, not loading them) and stop if the folder holds another run's outputs;
-4. plan the outputs (never over an input), keep what is finished, remove the
-   temporary files a killed run left;
+4. plan the outputs (never over an input), keep what is finished, stop if one would
+   replace a file imrseg did not write or lies behind a link, remove the temporary
+   files a killed run left;
 5. only if something is left to do, build the predictor; write the header, segment
    in batches, and merge a distributed run's ranks.
 The commands only parse options and show progress."""
@@ -23,15 +25,15 @@ from typing import ContextManager
 
 from .. import __version__
 from ..distributed import Shard, barrier, current_shard, start, stop
-from ..durable import FolderLock, ResultsLog, remove_temporaries
 from ..errors import InputError, Note, param, show_path
+from ..guard import Fields, OwnedFolder
 from ..images import find_images, load_image, load_mask
-from ..outputs.naming import file_tags
-from ..outputs.naming import plan_outputs
+from ..outputs.naming import file_tags, plan_outputs
 from ..interrupts import StopOnInterrupt
 from .batches import Job, segment_queries
 from .identity import check_loaded, differences, fingerprint_of, run_identity
-from ..outputs.results import RESULTS_FILE, History, Outcome, Summary, merge_ranks, query_file, rank_log
+from ..outputs.results import (RESULTS_FILE, History, Outcome, Summary, merge_ranks, query_file, rank_log,
+                               relative_outputs)
 from .settings import ClassSpec, RunSettings
 
 # progress(total) opens a context that yields the callback each finished query is reported to.
@@ -86,11 +88,17 @@ class RunPlan:
     loaded_supports: dict  # label -> load_supports' (images, drawn masks); empty for zero-shot
     identity: dict
     fingerprint: str
-    previous: dict | None  # the folder's latest header with this fingerprint
+    previous: Fields | None  # the folder's latest header with this fingerprint
     jobs: list[Job]
 
 
-def _plan(settings: RunSettings) -> RunPlan:
+def _open(settings: RunSettings, shard: Shard) -> OwnedFolder:
+    """The output folder through the guard: rank 0 holds its lock for every rank."""
+    return OwnedFolder(settings.out, parameter="out", overwrite=settings.overwrite,
+                       known=History(settings.out).written, lock=shard.is_main)
+
+
+def _plan(settings: RunSettings, folder: OwnedFolder) -> RunPlan:
     out = settings.out
     history = History(out)
     # `out` may be an input folder: what imrseg wrote there is never an input.
@@ -104,21 +112,32 @@ def _plan(settings: RunSettings) -> RunPlan:
     identity = run_identity(settings, supports)
     fingerprint = fingerprint_of(identity)
     if history.headers and history.fingerprint != fingerprint and not settings.overwrite:
-        before = history.headers[-1].get("identity")
-        what = (f"other {', '.join(differences(before, identity))}" if before
+        before = history.headers[-1].fields("identity", optional=True)
+        what = (f"other {', '.join(differences(before.row, identity))}" if before
                 else "an imrseg that did not record its settings")
         raise InputError(f"{show_path(out)}: holds outputs made with {what}; pass {param('overwrite')} to redo "
                          f"them with these settings, or choose another {param('out')}")
     previous = None if settings.overwrite else history.header(fingerprint)
     # Only a run with this fingerprint can have finished a query, with its steps (the same).
-    suffixes = settings.outputs.suffixes(previous["steps"], settings.labels) if previous else None
+    steps = previous.integer("steps", 1) if previous else settings.steps
+    suffixes = settings.outputs.suffixes(steps or 0, settings.labels)  # without step files while steps are unknown
     roots = dict(queries)
     protect = [p for files in supports for p in files] + [p for spec in settings.classes for p in spec.support_masks]
-    jobs = []
+    jobs, names = [], [RESULTS_FILE]
     for query, stem in plan_outputs(queries, out, protect=protect, tags=file_tags(settings.labels)).items():
         file = query_file(query)
         finished = history.finished(query, file, stem, suffixes, out, fingerprint) if previous else None
         jobs.append(Job(query, stem, file, finished, query.relative_to(roots[query]).as_posix()))
+        names += relative_outputs(stem, suffixes, out)
+    if settings.coco:
+        from ..outputs.coco import ANNOTATIONS_FILE
+
+        names.append(ANNOTATIONS_FILE)
+    if settings.gallery:
+        from ..outputs.gallery import GALLERY_FILE
+
+        names.append(GALLERY_FILE)
+    folder.check(names)  # before any model loads: what the batches would claim
     return RunPlan(supports, loaded, identity, fingerprint, previous, jobs)
 
 
@@ -150,15 +169,14 @@ def _header(settings: RunSettings, plan: RunPlan, model: dict, device, shard: Sh
 
 
 def _segment(settings: RunSettings, plan: RunPlan, jobs: list[Job], device, shard: Shard,
-             progress: ProgressFactory) -> Summary:
+             progress: ProgressFactory, folder: OwnedFolder) -> Summary:
     """This process's share of the jobs; the model loads only if one of them is not finished."""
     from ..devices import default_batch_size
 
     if not jobs:
         return Summary()
-    out = settings.out
-    log_path = rank_log(out, shard.rank) if shard.distributed else out / RESULTS_FILE
-    with ResultsLog(log_path) as log:  # opened first: a log that cannot be written stops the run now
+    with folder.log(rank_log(shard.rank) if shard.distributed else RESULTS_FILE) as log:
+        # opened first: a log that cannot be written stops the run now
         if any(job.finished is None for job in jobs):
             predictor, predict = _predictor(settings, plan, device)
             weights = predictor.weights_info
@@ -166,11 +184,12 @@ def _segment(settings: RunSettings, plan: RunPlan, jobs: list[Job], device, shar
                      "clip": predictor.clip_info.model_name, "precision": predictor.precision,
                      "steps": predictor.steps}
         else:
-            predict, model = None, {name: plan.previous[name] for name in MODEL_FIELDS}
+            predict, model = None, {name: plan.previous.raw(name) for name in MODEL_FIELDS}
+            model["steps"] = plan.previous.integer("steps", 1)
         log.write(_header(settings, plan, model, device, shard))
         with progress(len(jobs)) as report, StopOnInterrupt() as stopper:
             return segment_queries(
-                predict, jobs, out=out, steps=model["steps"], options=settings.outputs, labels=settings.labels,
+                predict, jobs, folder=folder, steps=model["steps"], options=settings.outputs, labels=settings.labels,
                 batch_size=settings.batch_size or default_batch_size(device), max_pixels=settings.max_pixels,
                 log=log, device_name=str(device), on_outcome=report, stop=stopper)
 
@@ -186,35 +205,36 @@ def run_folder(settings: RunSettings, progress: ProgressFactory = _no_progress) 
         _check_label_fits(label, settings.prompt_template)
     shard = current_shard()
     device = start(shard, device)
-    out = settings.out
     with contextlib.ExitStack() as held:
         if shard.is_main:  # rank 0 holds the folder for every rank, from here to the merge
-            held.enter_context(FolderLock(out))
-            merge_ranks(out)  # rows of a distributed run that was killed
+            folder = held.enter_context(_open(settings, shard))
+            merge_ranks(folder)  # rows of a distributed run that was killed
         barrier(shard)
-        plan = _plan(settings)
+        if not shard.is_main:  # after the merge: every rank knows the same files as imrseg's
+            folder = held.enter_context(_open(settings, shard))
+        plan = _plan(settings, folder)
         if shard.is_main:  # under the lock, so no live run's temporary file is among them
-            remove_temporaries({out, *(job.stem.parent for job in plan.jobs)})
+            folder.clean({".", *(job.stem.parent.relative_to(settings.out).as_posix() for job in plan.jobs)})
         barrier(shard)  # no rank writes before that
-        summary = _segment(settings, plan, shard.take(plan.jobs), device, shard, progress)
+        summary = _segment(settings, plan, shard.take(plan.jobs), device, shard, progress, folder)
         barrier(shard)
         if shard.distributed and shard.is_main:
-            interrupted, summary = summary.interrupted, merge_ranks(out)
+            interrupted, summary = summary.interrupted, merge_ranks(folder)
             summary.interrupted = interrupted
         if shard.is_main:
-            _export(settings)
+            _export(settings, folder)
     stop(shard)
     return summary
 
 
-def _export(settings: RunSettings) -> None:
+def _export(settings: RunSettings, folder: OwnedFolder) -> None:
     """What the folder holds now, every run's finished queries included, as annotations
     and as a page; under the folder's lock, so no run changes it meanwhile."""
     if settings.coco:
         from ..outputs.coco import export_coco
 
-        export_coco(settings.out, settings.min_area, settings.coco_polygons)
+        export_coco(folder, settings.min_area, settings.coco_polygons)
     if settings.gallery:
         from ..outputs.gallery import build_gallery
 
-        build_gallery(settings.out)
+        build_gallery(folder)

@@ -43,7 +43,7 @@ class RunSettings:
     vocab: tuple[str, ...] | None = None
     cam_mode: str = "official"
     outputs: OutputOptions = field(default_factory=OutputOptions)
-    overwrite: bool = False
+    overwrite: bool = False  # redo every query, and let outputs replace files imrseg did not write
     max_pixels: int | None = None
     coco: bool = False  # write annotations.json at the end
     coco_polygons: bool = False

@@ -31,7 +31,8 @@ class OutputOptions:
 
 
 def write_outputs(stem: Path, loaded: LoadedImage, result, options: OutputOptions, labels: Sequence[str]) -> None:
-    """A query's files, the mask last. One class: the 0/255 mask and the tinted
+    """A query's files at `stem` (in a run, a stem whose files the folder's guard has
+    claimed), the mask last. One class: the 0/255 mask and the tinted
     overlay; several: the indexed mask, the overlay with a legend, and the
     probability, CAM and step files of each class (`outputs.naming.file_tags`)."""
     for label, tag in zip(labels, file_tags(labels)):
