@@ -30,13 +30,19 @@ from .transforms import CAM_SIZE, mask_to_cam, network_input
 from .clip.vocabulary import DEFAULT_TEMPLATE
 
 
+# What `predict_classes` can bring back to the host besides the mask (see its `keep`).
+HOST_RESULTS = ("prob", "cam", "steps")
+
+
 @dataclass
 class Prediction:
-    """One query's result for one class, at the query's own size (H, W)."""
+    """One query's result for one class, at the query's own size (H, W); `prob`,
+    `cam` and `step_masks` are None / empty when `predict_classes` was told not to
+    keep them."""
 
     mask: np.ndarray  # (H, W) bool
-    prob: np.ndarray  # (H, W) float32 foreground probability (mean over the supports)
-    cam: np.ndarray  # (50, 50) float32 CLIP-CAM of the query
+    prob: np.ndarray | None  # (H, W) float32 foreground probability (mean over the supports)
+    cam: np.ndarray | None  # (50, 50) float32 CLIP-CAM of the query
     step_masks: list = field(default_factory=list)  # (H, W) bool after each step
     score: float = 0.0  # confidence in the mask: see imrseg.scores
 
@@ -195,19 +201,27 @@ class Predictor:
         return [result.by_label[self.labels[0]] for result in self.predict_classes(images, steps, sizes)]
 
     def predict_classes(self, images: Sequence[Image.Image], steps: int | None = None,
-                        sizes: Sequence[tuple] | None = None) -> list[ClassPredictions]:
-        """Segment a batch of queries for every class; `sizes` as in `predict_batch`."""
+                        sizes: Sequence[tuple] | None = None,
+                        keep: Sequence[str] = HOST_RESULTS) -> list[ClassPredictions]:
+        """Segment a batch of queries for every class; `sizes` as in `predict_batch`.
+        `keep`: which of HOST_RESULTS come back from the device besides the mask (a run
+        keeps only what it writes); with several classes the probabilities always do,
+        since they decide where masks overlap."""
         if not self._shots:
             raise InputError("no classes: call set_supports (or set_zero_shot) first")
+        unknown = set(keep) - set(HOST_RESULTS)
+        if unknown:
+            raise InputError(f"`keep` {sorted(unknown)}: expected some of {', '.join(HOST_RESULTS)}")
         labels = self.labels
+        keep = set(keep) | ({"prob"} if len(labels) > 1 else set())
         cams = self.cams(images, labels)
         out_sizes = [(h, w) for w, h in (sizes or [im.size for im in images])]
         with self.inference():
             query = self.model.encode(self.network_inputs(images))
             per_class = [self.model.segment(query, cams[v], self.shots(label), steps or self.steps, out_sizes,
-                                            every_step=True) for v, label in enumerate(labels)]
-        return [ClassPredictions({label: _prediction(per_class[v][b], cams[v][b]) for v, label in enumerate(labels)})
-                for b in range(len(images))]
+                                            every_step="steps" in keep) for v, label in enumerate(labels)]
+        return [ClassPredictions({label: _prediction(per_class[v][b], cams[v][b], keep)
+                                  for v, label in enumerate(labels)}) for b in range(len(images))]
 
     def predict_zero_shot(self, images: Sequence[Image.Image], label: str, steps: int | None = None,
                           sizes: Sequence[tuple] | None = None) -> list[Prediction]:
@@ -237,6 +251,7 @@ class Predictor:
         return torch.stack([network_input(im) for im in images]).to(self.device)
 
 
-def _prediction(result, cam: torch.Tensor) -> Prediction:
-    return Prediction(result.mask.cpu().numpy(), result.prob.float().cpu().numpy(), cam.float().cpu().numpy(),
-                      [m.cpu().numpy() for m in result.step_masks], result.score)
+def _prediction(result, cam: torch.Tensor, keep: set[str]) -> Prediction:
+    return Prediction(result.mask.cpu().numpy(), result.prob.float().cpu().numpy() if "prob" in keep else None,
+                      cam.float().cpu().numpy() if "cam" in keep else None,
+                      [m.cpu().numpy() for m in result.step_masks] if "steps" in keep else [], result.score)

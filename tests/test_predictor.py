@@ -7,6 +7,7 @@ import torch
 from PIL import Image
 
 from imrseg.clip.cam import ClipCAM
+from imrseg.errors import InputError
 from imrseg.models import vote
 from imrseg.predictor import Predictor
 
@@ -48,6 +49,25 @@ def test_prediction_is_at_each_query_size(recipe_net, cam):
         assert np.array_equal(pred.mask, pred.prob > 0.5)
     big = predictor.predict(queries[0], size=(640, 480))
     assert big.mask.shape == (480, 640)
+
+
+@pytest.mark.parametrize("labels", [["dog"], ["dog", "cat"]])
+def test_only_what_is_kept_comes_back_and_the_masks_are_the_same(recipe_net, cam, labels):
+    predictor = Predictor(recipe_net, cam, steps=3)
+    predictor.set_supports({label: ([_image(10 + i)], None) for i, label in enumerate(labels)})
+    queries = [_image(12), _image(13, (30, 71))]
+    every = predictor.predict_classes(queries)
+    bare = predictor.predict_classes(queries, keep=())
+    for full, kept in zip(every, bare):
+        assert np.array_equal(full.index_mask, kept.index_mask) and full.score == kept.score
+        for label in labels:
+            assert np.array_equal(full[label].mask, kept[label].mask)
+            assert kept[label].cam is None and kept[label].step_masks == []
+            # Several classes: the probabilities decide overlaps, so they always come back.
+            assert (kept[label].prob is None) == (len(labels) == 1)
+            assert len(full[label].step_masks) == 3 and full[label].cam.shape == (50, 50)
+    with pytest.raises(InputError, match="`keep`"):
+        predictor.predict_classes(queries, keep=("probability",))
 
 
 def test_batch_equals_one_by_one(recipe_net, cam):

@@ -154,7 +154,8 @@ def _predictor(settings: RunSettings, plan: RunPlan, device):
         predictor.set_zero_shot(settings.labels)
     else:
         predictor.set_supports(plan.loaded_supports)
-    return predictor, lambda images, sizes: predictor.predict_classes(images, sizes=sizes)
+    keep = settings.outputs.kept
+    return predictor, lambda images, sizes: predictor.predict_classes(images, sizes=sizes, keep=keep)
 
 
 def _header(settings: RunSettings, plan: RunPlan, model: dict, device, shard: Shard) -> dict:

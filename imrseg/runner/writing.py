@@ -20,6 +20,13 @@ class OutputOptions:
     save_cam: bool = False
     save_steps: bool = False
 
+    @property
+    def kept(self) -> tuple[str, ...]:
+        """What the predictor brings back to the host for these files (`predict_classes`'
+        `keep`): only what is written."""
+        return tuple(name for name, wanted in (("prob", self.save_prob), ("cam", self.save_cam),
+                                               ("steps", self.save_steps)) if wanted)
+
     def suffixes(self, steps: int, labels: Sequence[str] = ()) -> list[str]:
         """Every file a finished query has, the mask last (it is written last). With
         several `labels` the probability, CAM and step files are one per class."""
