@@ -22,7 +22,8 @@ import stat
 from collections.abc import Iterable, Mapping
 from pathlib import Path, PurePosixPath
 
-from .durable import FolderLock, ResultsLog, atomic_write_bytes, read_results, remove_temporaries
+from .durable import (LOCK_FILE, FolderLock, ResultsLog, atomic_write_bytes, is_temporary, read_results,
+                      remove_temporaries)
 from .errors import ImrsegError, InputError, one_line, param, show_path
 
 MANIFEST = ".imrseg-files"
@@ -189,7 +190,10 @@ class OwnedFolder:
         if self.lock:
             self._held.enter_context(FolderLock(given))
         else:
-            given.mkdir(parents=True, exist_ok=True)
+            try:
+                given.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise ImrsegError(f"{show_path(given)}: cannot write ({exc.strerror or one_line(exc)})") from None
         # The folder is where the user's path leads now; everything below it is checked link by link.
         self.root = given.resolve()
         self._owned = set(self._known)
@@ -246,6 +250,8 @@ class OwnedFolder:
         new = []
         for name in names:
             rel, path = self.relative(name), self.path(name)
+            if rel.rpartition("/")[2] in (MANIFEST, LOCK_FILE) or is_temporary(rel.rpartition("/")[2]):
+                raise ImrsegError(f"{show_path(path)}: a name imrseg keeps for itself; choose another name")
             if rel not in self._owned:
                 if os.path.lexists(path) and not self.overwrite:
                     how = (f"pass {param('overwrite')} to replace it, or " if self.overwrite is False else "")

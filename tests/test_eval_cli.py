@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 
 from imrseg.cli import main
+from imrseg.errors import ImrsegError
 from imrseg.evaluation import BenchmarkProgress, BenchmarkSettings, run_benchmark
 
 pytestmark = pytest.mark.slow
@@ -103,7 +104,7 @@ def test_eval_writes_report_is_deterministic_and_resumes(cli, voc, tmp_path):
     assert "not evaluated: bicycle, bird, boat, bottle" in " ".join(result.out.split())
     assert 0 <= first["miou"] <= 100 and 0 <= first["fb_iou"] <= 100 and first["seconds"] > 0
     assert first["paper_miou"] is None  # the paper's figure is for 2 steps
-    [state] = (tmp_path / "cache-a" / "eval").glob("*.jsonl")
+    [state] = (tmp_path / "cache-a" / "eval").glob("*/state.jsonl")
     rows = [json.loads(line) for line in state.read_text().splitlines()[1:]]
     assert [r["episode"] for r in rows] == [0, 1]
     assert first["cams_computed"] == len({n for r in rows for n in [r["query"], *r["supports"]]})
@@ -115,7 +116,7 @@ def test_eval_writes_report_is_deterministic_and_resumes(cli, voc, tmp_path):
 
     # Interrupted after episode 0: the state keeps the header and one row, and a
     # rerun continues from there, with the CAMs from the disk cache.
-    [state] = (tmp_path / "cache-b" / "eval").glob("*.jsonl")
+    [state] = (tmp_path / "cache-b" / "eval").glob("*/state.jsonl")
     lines = state.read_text().splitlines(keepends=True)
     assert len(lines) == 3
     state.write_text("".join(lines[:2]) + lines[2][:10])  # a torn last line too
@@ -163,7 +164,7 @@ def test_the_library_call_gives_the_commands_numbers(cli, voc, tmp_path, monkeyp
     assert progress.interruptions == []
 
     # Ctrl-C after the first episode: it is saved, said, and the same settings continue from it.
-    [state] = (tmp_path / "cache-b" / "eval").glob("*.jsonl")
+    [state] = (tmp_path / "cache-b" / "eval").glob("*/state.jsonl")
     state.unlink()
     progress = Recorded(stop_after=1)
     with pytest.raises(KeyboardInterrupt):
@@ -199,6 +200,71 @@ def test_zero_shot_runs_without_supports(cli, voc, tmp_path):
     assert result.code == 0, result.err
     doc = json.loads(report.read_text())
     assert doc["zero_shot"] is True and doc["cams_computed"] == 1 and "zero-shot" in result.out
+
+
+@pytest.mark.filterwarnings("ignore::imrseg.errors.Note")
+def test_two_identical_evals_never_write_one_state(voc, tmp_path, monkeypatch):
+    """Issue 18, defect 7: a second run of the same settings while the first runs is
+    refused in one line (their rows used to interleave, and the next run failed with
+    "episode rows out of order"); a run of other settings goes on beside it, and the
+    first run's state then resumes whole."""
+    monkeypatch.setenv("IMRSEG_CACHE", str(tmp_path / "cache"))
+    settings = BenchmarkSettings("pascal", voc.data, fold=0, splits=voc.splits, episodes=3, method="cam",
+                                 clip_weights=str(voc.clip), device="cpu", batch_size=1)
+    refused, beside = [], []
+
+    class SecondRuns(BenchmarkProgress):
+        @contextlib.contextmanager
+        def fold(self, fold_settings):
+            def on_episode(done, total, meter):
+                if done == 1 and not refused:
+                    with pytest.raises(ImrsegError) as caught:
+                        run_benchmark(settings)
+                    refused.append(str(caught.value))
+                    beside.extend(run_benchmark(replace(settings, seed=1)))
+
+            yield on_episode
+
+    [first] = run_benchmark(settings, SecondRuns())
+    [message] = refused
+    assert "another imrseg run is writing" in message and "\n" not in message
+    assert beside[0].episodes == 3 and beside[0].resumed == 0
+    [again] = run_benchmark(settings)
+    assert again.resumed == 3 and (again.miou, again.fb_iou) == (first.miou, first.fb_iou)
+    rows = [json.loads(line) for line in first.state_path.read_text().splitlines()[1:]]
+    assert [r["episode"] for r in rows] == [0, 1, 2]
+
+
+def test_a_damaged_state_row_is_a_one_line_error(cli, tmp_path):
+    """A row read back is checked field by field: negative pixel counts (or any
+    value of the wrong kind) are refused, naming the file and line, never counted."""
+    first = cli("--fold", "0", "--method", "cam", cache=tmp_path / "cache")
+    assert first.code == 0, first.err
+    [state] = (tmp_path / "cache" / "eval").rglob("*.jsonl")
+    lines = state.read_text().splitlines(keepends=True)
+    row = json.loads(lines[2])
+    state.write_text("".join(lines[:2]) + json.dumps({**row, "inter": [-5, row["inter"][1]]}) + "\n")
+    again = cli("--fold", "0", "--method", "cam", cache=tmp_path / "cache")
+    assert again.code == 2
+    [error] = [line for line in again.err.splitlines() if not line.startswith("imrseg: note:")]
+    assert error.startswith("imrseg: error: ")
+    assert f"{state}:3: field \"inter\" must be two pixel counts" in again.err
+    assert error.endswith(f"delete {state.parent} to start over")
+
+
+def test_the_report_is_never_written_over_a_user_file_or_through_a_link(cli, tmp_path):
+    outside = tmp_path / "outside.json"
+    outside.write_text("mine\n")
+    (tmp_path / "reports").mkdir()
+    (tmp_path / "reports" / "link.json").symlink_to(outside)
+    (tmp_path / "reports" / "notes.json").write_text("the user's\n")
+    for name, message in [("link.json", "is a symbolic link inside --report"),
+                          ("notes.json", "exists and was not written by imrseg")]:
+        result = cli("--fold", "0", "--method", "cam", "--report", tmp_path / "reports" / name,
+                     cache=tmp_path / "cache")
+        assert result.code == 2 and result.err.count("\n") == 1 and message in result.err
+    assert outside.read_text() == "mine\n" and (tmp_path / "reports" / "notes.json").read_text() == "the user's\n"
+    assert not list((tmp_path / "cache").glob("eval/*/state.jsonl"))  # refused before any episode ran
 
 
 @pytest.mark.parametrize("args, message", [

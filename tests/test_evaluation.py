@@ -20,7 +20,7 @@ from imrseg.data.episodes import Episode, sample_episodes
 from imrseg.evaluation import BenchmarkSettings, run_benchmark
 from imrseg.evaluation.loop import EvalSettings, evaluate
 from imrseg.evaluation.metrics import IoUMeter, intersection_union
-from imrseg.evaluation.state import RunState
+from imrseg.evaluation.state import FinishedEpisode, RunState
 from imrseg.transforms import network_input
 
 
@@ -137,16 +137,20 @@ def test_no_cache_writes_nothing(tmp_path):
 
 # ---------------------------------------------------------------------- state
 def test_state_refuses_another_setting_and_changed_episodes(tmp_path):
-    path = tmp_path / "state.jsonl"
-    state = RunState(path, {"fold": 0})
+    state = RunState(tmp_path, {"fold": 0})
     episode = Episode(0, 2, "q", ("s",))
     state.append(episode, np.array([5, 1]), np.array([7, 2]))
     state.close()
+    with open(state.path, "r+") as fh:  # the other setting's state found under this one's key
+        header = fh.readline()
+        rows = fh.read()
+        fh.seek(0)
+        fh.write(header.replace('"fold": 0', '"fold": 1') + rows)
     with pytest.raises(InputError, match="another evaluation setting"):
-        RunState(path, {"fold": 1})
-    state = RunState(path, {"fold": 0})
-    assert state.rows == [{"episode": 0, "class": 2, "query": "q", "supports": ["s"],
-                           "inter": [5, 1], "union": [7, 2]}]
+        RunState(tmp_path, {"fold": 0})
+    state.path.write_text(header + rows)
+    state = RunState(tmp_path, {"fold": 0})
+    assert state.rows == [FinishedEpisode(0, 2, "q", ("s",), (5, 1), (7, 2))]
     state.check(state.rows[0], episode)
     with pytest.raises(InputError, match="split or seed changed"):
         state.check(state.rows[0], Episode(0, 2, "q", ("t",)))

@@ -86,6 +86,22 @@ def test_the_folder_itself_may_be_reached_through_a_link(tmp_path):
     assert (real / "a.txt").read_bytes() == b"x"
 
 
+@pytest.mark.parametrize("name", [MANIFEST, ".imrseg.lock", "sub/.imrseg-files", ".a.png.imrseg-tmp-0123456789ab"])
+def test_imrseg_s_own_names_are_never_claimed(tmp_path, name):
+    with OwnedFolder(tmp_path) as folder:
+        folder.write("a.txt", b"x")
+        with pytest.raises(ImrsegError, match="a name imrseg keeps for itself"):
+            folder.write(name, b"{}")
+    assert [row["file"] for row in read_results(tmp_path / MANIFEST)] == ["a.txt"]
+
+
+def test_a_folder_that_cannot_be_made_is_one_line(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ImrsegError, match="cannot write"):
+        with OwnedFolder(tmp_path / "file" / "sub", lock=False):
+            pass
+
+
 def test_one_writer_at_a_time(tmp_path):
     with OwnedFolder(tmp_path):
         with pytest.raises(ImrsegError, match="another imrseg run"):

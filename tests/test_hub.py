@@ -365,7 +365,8 @@ def test_checkpoints_of_another_model_are_refused(fake_hub, converted, tmp_path,
 
 # ------------------------------------------------------------ local checkpoints
 def test_import_writes_the_hub_layout_and_round_trips_bit_for_bit(converted):
-    assert sorted(p.name for p in converted.folder.iterdir()) == ["README.md", "config.json", "model.safetensors"]
+    assert sorted(p.name for p in converted.folder.iterdir()) == [
+        ".imrseg-files", ".imrseg.lock", "README.md", "config.json", "model.safetensors"]  # the guard's two
     config = json.loads(converted.files[hub.CONFIG_FILE])
     assert config == {"backbone": "resnet50", "benchmark": "pascal", "fold": 0, "steps": 2,
                       "class_names": ["aeroplane", "bicycle", "bird", "boat", "bottle"]}

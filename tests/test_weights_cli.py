@@ -102,7 +102,8 @@ def test_import_info_load_round_trip_is_bit_exact(cli, converted, tmp_path):
     assert result.code == 0
     weights_sha = hashlib.sha256((out / hub.WEIGHTS_FILE).read_bytes()).hexdigest()
     assert f"sha256 {weights_sha}" in result.out and weights_sha == converted.sha256
-    assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "model.safetensors"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        ".imrseg-files", ".imrseg.lock", "README.md", "config.json", "model.safetensors"]  # the guard's two
 
     info = json.loads(cli("weights", "info", out, "--json").out)
     assert {k: info[k] for k in ("kind", "backbone", "benchmark", "fold", "steps", "sha256", "paper_miou")} == {
@@ -125,6 +126,61 @@ def test_import_without_a_fold_and_info_as_a_table(cli, converted, tmp_path, mon
     monkeypatch.setenv("COLUMNS", "200")
     table = cli("weights", "info", converted.pt).out
     assert "official" in table and "resnet50" in table and hashlib.sha256(converted.pt.read_bytes()).hexdigest() in table
+
+
+def test_import_writes_what_the_hub_mixin_wrote(converted, tmp_path):
+    """The converted files, made in memory, are byte for byte those `save_pretrained`
+    wrote before (so a re-import keeps a published sha256)."""
+    model, _ = hub.resolve_weights(str(converted.folder))
+    model.save_pretrained(tmp_path / "mixin")
+    for name in (hub.CONFIG_FILE, hub.WEIGHTS_FILE):
+        assert (tmp_path / "mixin" / name).read_bytes() == converted.files[name]
+
+
+@pytest.mark.parametrize("taken", ["config.json", "model.safetensors", "README.md"])
+def test_import_never_replaces_a_user_s_file(cli, converted, tmp_path, taken):
+    """Issue 18, defect 1: a file in --out that imrseg did not write is refused in one
+    line, before anything is written; the user's file is untouched."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / taken).write_text("the user's\n")
+    result = cli("weights", "import", converted.pt, "--out", out)
+    assert result.code == 2 and len(result.err.splitlines()) == 1
+    assert result.err.startswith(f"imrseg: error: {out / taken}: exists and was not written by imrseg; move it, "
+                                 "or choose another --out")
+    assert (out / taken).read_text() == "the user's\n"
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == [taken]
+
+
+def test_import_never_writes_through_a_link(cli, converted, tmp_path):
+    """Issue 18, defect 1: a README.md in --out that links outside it is refused, and
+    the file it points to is untouched."""
+    outside = tmp_path / "outside.md"
+    outside.write_text("my notes\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "README.md").symlink_to(outside)
+    result = cli("weights", "import", converted.pt, "--out", out)
+    assert result.code == 2 and len(result.err.splitlines()) == 1
+    assert f"{out / 'README.md'}: is a symbolic link inside --out" in result.err
+    assert outside.read_text() == "my notes\n"
+    assert not (out / hub.CONFIG_FILE).exists() and not (out / hub.WEIGHTS_FILE).exists()
+
+
+def test_import_again_replaces_its_own_files_one_run_at_a_time(cli, converted, tmp_path):
+    from imrseg.guard import OwnedFolder
+
+    out = tmp_path / "out"
+    assert cli("weights", "import", converted.pt, "--out", out).code == 0
+    first = {name: (out / name).read_bytes() for name in (hub.CONFIG_FILE, hub.WEIGHTS_FILE, "README.md")}
+    result = cli("weights", "import", converted.pt, "--out", out, "--benchmark", "pascal", "--fold", "0")
+    assert result.code == 0, result.err
+    assert (out / hub.WEIGHTS_FILE).read_bytes() == first[hub.WEIGHTS_FILE] == converted.files[hub.WEIGHTS_FILE]
+    assert (out / hub.CONFIG_FILE).read_bytes() == converted.files[hub.CONFIG_FILE] != first[hub.CONFIG_FILE]
+    assert "aeroplane" in (out / "README.md").read_text() and "aeroplane" not in first["README.md"].decode()
+    with OwnedFolder(out):  # another run writing there
+        result = cli("weights", "import", converted.pt, "--out", out)
+    assert result.code == 2 and "another imrseg run is writing into this folder" in result.err
 
 
 def test_errors_are_one_line(cli, fake_hub, monkeypatch, tmp_path):

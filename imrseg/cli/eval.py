@@ -59,15 +59,18 @@ def eval_command(
     device: DeviceOption = "auto",
     batch_size: BatchSizeOption = None,
     report: Annotated[Optional[Path], typer.Option(
-        "--report", metavar="FILE.json", help="Write the results as JSON.")] = None,
+        "--report", metavar="FILE.json",
+        help="Write the results as JSON (a report imrseg wrote there is replaced; any other file is refused).")] = None,
     no_cache: Annotated[bool, typer.Option(
         "--no-cache", help="Neither read nor write the CLIP-CAM disk cache.")] = False,
 ) -> None:
     """Evaluate on PASCAL-5i or COCO-20i as the authors' test script does.
 
     Same episodes, metrics and resolution; an interrupted run resumes when
-    started again with the same arguments. Without --weights each fold uses
-    its own registry checkpoint; with it, every fold uses those weights."""
+    started again with the same arguments (one such run at a time: a second is
+    refused while the first runs; runs of other arguments go on side by side).
+    Without --weights each fold uses its own registry checkpoint; with it, every
+    fold uses those weights."""
     from rich.console import Console
 
     from ..distributed import current_shard

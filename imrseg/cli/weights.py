@@ -112,7 +112,8 @@ def download(
 def import_checkpoint(
     checkpoint: Annotated[Path, typer.Argument(help="The authors' best_model.pt.", show_default=False)],
     out: Annotated[Path, typer.Option("--out", help="Folder to write (config.json, model.safetensors, "
-                                                    "README.md).", show_default=False)],
+                                                    "README.md); an import there before is replaced, a file "
+                                                    "imrseg did not write is refused.", show_default=False)],
     benchmark: Annotated[Optional[Benchmark], typer.Option(help="Benchmark it was trained on.")] = None,
     fold: Annotated[Optional[int], typer.Option(min=0, max=NUM_FOLDS - 1, help="Its test fold (needs --benchmark).")] = None,
 ) -> None:

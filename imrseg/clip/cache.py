@@ -7,6 +7,7 @@ everything else the map depends on (vocabulary, prompt, CAM mode, size, CLIP
 weights), so a moved data root or another fold finds them again."""
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -18,6 +19,8 @@ import torch
 
 from .cam import ClipCAM
 from ..durable import atomic_write_bytes, file_sha256
+from ..errors import InputError
+from ..guard import OwnedFolder
 from ..transforms import CAM_SIZE
 
 
@@ -29,6 +32,13 @@ class CamSource:
     covers the class vocabulary, prompt, CAM mode and size and `clip_id` (the
     CLIP weights' identity), and the file name the image's content hash and
     the class: a moved data root or another fold finds them again.
+
+    The cache is shared by every run at once (the folds of several evaluations,
+    a training run), so it is not locked: each file is named by what it holds and
+    written atomically, through the guard (`guard.OwnedFolder`: no link below
+    `cache_dir` is followed, reading or writing). A file read back must be exactly
+    a finite float32 map of the size asked for; anything else is computed again
+    and rewritten.
     """
 
     def __init__(self, cam: ClipCAM, classnames: Sequence[str], clip_id: str,
@@ -36,29 +46,31 @@ class CamSource:
         self.cam, self.classnames, self.size = cam, list(classnames), size
         setting = {"vocabulary": self.classnames, "template": cam.template, "mode": cam.mode,
                    "size": size, "clip": clip_id}
-        key = hashlib.sha256(json.dumps(setting, sort_keys=True).encode()).hexdigest()[:20]
-        self.folder = Path(cache_dir) / "cams" / key if cache_dir is not None else None
+        self.key = hashlib.sha256(json.dumps(setting, sort_keys=True).encode()).hexdigest()[:20]
+        self._cache = None
+        if cache_dir is not None:
+            # Unlocked, the folder holds nothing to release after the block; only its checks are used.
+            with OwnedFolder(cache_dir, parameter="cache_dir", lock=False) as cache:
+                self._cache = cache
         self._memory: dict[tuple[str, int], np.ndarray] = {}
         self._digests: dict[Path, str] = {}
         self.computed = 0  # maps computed by CLIP in this run (not found in any cache)
 
-    def _file(self, digest: str, class_id: int) -> Path:
-        return self.folder / digest[:2] / f"{digest}_{class_id}.npy"
+    def _name(self, digest: str, class_id: int) -> str:
+        return f"cams/{self.key}/{digest[:2]}/{digest}_{class_id}.npy"
 
     def _from_disk(self, digest: str, class_id: int) -> np.ndarray | None:
-        if self.folder is None:
-            return None
+        name = self._name(digest, class_id)
+        if self._cache is None or not self._cache.is_file(name):
+            return None  # absent (a link there is refused when the map is written)
         try:
-            cam = np.load(self._file(digest, class_id), allow_pickle=False)
-        except (OSError, ValueError, EOFError):
-            return None  # absent, or damaged: computed again and rewritten
-        return cam if cam.shape == (self.size, self.size) and cam.dtype == np.float32 else None
+            return read_map(self._cache.read_bytes(name), self.size)
+        except InputError:  # gone or unreadable since: computed again
+            return None
 
     def _to_disk(self, digest: str, class_id: int, cam: np.ndarray) -> None:
-        if self.folder is not None:
-            buffer = io.BytesIO()
-            np.save(buffer, cam, allow_pickle=False)
-            atomic_write_bytes(self._file(digest, class_id), buffer.getvalue())
+        if self._cache is not None:
+            atomic_write_bytes(self._cache.path(self._name(digest, class_id)), map_bytes(cam))
 
     def get(self, paths: Sequence[Path], class_ids: Sequence[int], load: Callable[[Path], object]) -> torch.Tensor:
         """(N, size, size) CAMs of the images at `paths` for `class_ids`; `load(path)`
@@ -96,3 +108,27 @@ class CamSource:
         paths = [data.image_path(n) for n in names]
         by_path = dict(zip(paths, names))
         return self.get(paths, class_ids, lambda p: read(by_path[p]))
+
+
+def map_bytes(cam: np.ndarray) -> bytes:
+    """A map as the .npy file the cache keeps."""
+    buffer = io.BytesIO()
+    np.save(buffer, np.ascontiguousarray(cam, dtype=np.float32), allow_pickle=False)
+    return buffer.getvalue()
+
+
+@functools.lru_cache(maxsize=None)
+def _header(size: int) -> bytes:
+    """The .npy header `map_bytes` writes for a (size, size) map."""
+    return map_bytes(np.zeros((size, size), np.float32))[:-size * size * 4]
+
+
+def read_map(data: bytes, size: int) -> np.ndarray | None:
+    """A cached map from its .npy bytes; None unless they are exactly what `map_bytes`
+    writes for a finite (size, size) map (a damaged or foreign file is computed again).
+    The header is compared with the one imrseg writes, never parsed."""
+    header = _header(size)
+    if len(data) != len(header) + size * size * 4 or not data.startswith(header):
+        return None
+    cam = np.frombuffer(data, dtype=np.float32, offset=len(header)).reshape(size, size)
+    return cam.copy() if np.isfinite(cam).all() else None

@@ -102,27 +102,32 @@ def list_text(data: bytes, origin: str) -> str:
 
 def fetch_list(name: str, cache_dir: os.PathLike | str | None = None, base_url: str | None = None) -> Path:
     """The official list `name` in the cache, downloaded on first use and checked
-    against its pinned sha256. A cached copy that no longer matches is downloaded again."""
+    against its pinned sha256. A cached copy that no longer matches is downloaded
+    again. The cache is shared by concurrent runs, so it is not locked: the file is
+    written atomically, and no link below `cache_dir` is followed (`guard.OwnedFolder`)."""
     from ..durable import atomic_write_bytes
+    from ..guard import OwnedFolder
 
     expected = OFFICIAL_SHA256[name]
-    target = Path(cache_dir or cache_root()) / "splits" / name
-    if target.is_file() and sha256_bytes(read_list(target)) == expected:
-        return target
-    url = f"{(base_url or SPLITS_BASE_URL).rstrip('/')}/{name}"
-    hint = "pass `splits_dir`: a folder holding a copy of HSNet's data/splits"
-    request = urllib.request.Request(url, headers={"User-Agent": "imrseg"})
-    try:
-        with urllib.request.urlopen(request, timeout=DOWNLOAD_TIMEOUT_S) as response:
-            data = response.read(MAX_LIST_BYTES + 1)
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        reason = getattr(exc, "reason", None) or exc
-        raise NetworkError(f"{url}: download failed ({reason}); {hint}") from None
-    got = sha256_bytes(data)
-    if got != expected:
-        raise NetworkError(f"{url}: downloaded file has sha256 {got}, expected {expected}; "
-                           f"refusing it; {hint}")
-    atomic_write_bytes(target, data)
+    with OwnedFolder(cache_dir or cache_root(), parameter="cache_dir", lock=False) as cache:
+        cached = f"splits/{name}"
+        target = cache.path(cached)
+        if cache.is_file(cached) and sha256_bytes(read_list(target)) == expected:
+            return target
+        url = f"{(base_url or SPLITS_BASE_URL).rstrip('/')}/{name}"
+        hint = "pass `splits_dir`: a folder holding a copy of HSNet's data/splits"
+        request = urllib.request.Request(url, headers={"User-Agent": "imrseg"})
+        try:
+            with urllib.request.urlopen(request, timeout=DOWNLOAD_TIMEOUT_S) as response:
+                data = response.read(MAX_LIST_BYTES + 1)
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            reason = getattr(exc, "reason", None) or exc
+            raise NetworkError(f"{url}: download failed ({reason}); {hint}") from None
+        got = sha256_bytes(data)
+        if got != expected:
+            raise NetworkError(f"{url}: downloaded file has sha256 {got}, expected {expected}; "
+                               f"refusing it; {hint}")
+        atomic_write_bytes(cache.path(cached), data)
     return target
 
 

@@ -11,7 +11,6 @@ go wrong without a model does so before one loads:
 What happens along the way is told to a `BenchmarkProgress`. torch is imported on use."""
 from __future__ import annotations
 
-import json
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -21,14 +20,14 @@ from ..data.classes import BENCHMARK_CLASSES, paper_steps
 from ..data.datasets import BenchmarkData
 from ..data.folder import open_fss
 from ..data.splits import load_split
-from ..devices import default_batch_size, resolve_device
+from ..devices import default_batch_size, float32_mode, resolve_device
 from ..distributed import current_shard, start, stop
-from ..durable import atomic_write_bytes, file_sha256
+from ..durable import file_sha256, finite_json
 from ..errors import InputError, Note, param
 from ..hub import load_registry, locate_weights, resolve_clip, resolve_steps, resolve_weights
 from ..paths import cache_root
 from .progress import BenchmarkProgress
-from .settings import BenchmarkSettings
+from .settings import BenchmarkSettings, report_folder
 from .state import RunState
 
 if TYPE_CHECKING:
@@ -91,10 +90,10 @@ def run_benchmark(settings: BenchmarkSettings, progress: BenchmarkProgress | Non
                                      settings.batch_size or default_batch_size(device))
         setting = fold_settings.state_setting(split, data.root, info.sha256 if info else None, clip_id, cam.mode)
         # Ranks of a distributed run share no state file: such a run is not resumable.
-        state = None if shard.distributed else RunState(cache_root() / "eval" / f"{RunState.key(setting)}.jsonl",
-                                                        setting)
+        state = None if shard.distributed else RunState(cache_root(), setting)
         try:
-            with progress.fold(fold_settings) as on_episode:
+            # IEEE fp32 on every device (TF32 off), as the state's rows from any device are.
+            with progress.fold(fold_settings) as on_episode, float32_mode("fp32"):
                 result = evaluate(fold_settings, split, data, model, cams, state, device, on_episode, shard)
         except KeyboardInterrupt:
             if state is not None:
@@ -156,4 +155,5 @@ def _write_report(path: Path, results: list[EvalResult]) -> None:
             "seconds": sum(r.seconds for r in results),
             "paper_miou": sum(papers) / len(papers) if all(p is not None for p in papers) else None,
             "per_fold": [r.to_dict() for r in results]})
-    atomic_write_bytes(path, (json.dumps(doc, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
+    with report_folder(path) as folder:
+        folder.write(path.name, (finite_json(doc, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))

@@ -127,7 +127,7 @@ def evaluate(settings: EvalSettings, split: Split, data: BenchmarkData, model: I
         if episode.index < len(done):
             row = done[episode.index]
             state.check(row, episode)
-            meter.update(episode.class_id, row["inter"], row["union"])
+            meter.update(episode.class_id, row.inter, row.union)
             if on_episode:
                 on_episode(episode.index + 1, settings.episodes, meter)
             continue

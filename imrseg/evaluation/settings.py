@@ -4,12 +4,14 @@ checked without reading the data or loading a model is checked here, so bad
 arguments stop first. No torch here: the command line reads these names at once."""
 from __future__ import annotations
 
-import tempfile
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..data.classes import BACKBONE_TITLES, NUM_FOLDS, TEST_BENCHMARKS
+from ..durable import LOCK_FILE
 from ..errors import InputError, param
+from ..guard import MANIFEST, OwnedFolder
 
 # "imr": the network; "cam": the query's CLIP-CAM >= 0.5 (paper, Table 4).
 METHODS = ("imr", "cam")
@@ -82,13 +84,25 @@ class BenchmarkSettings:
             _check_report(Path(self.report))
 
 
-def _check_report(path: Path) -> None:
-    """Find an unwritable report before the evaluation, not after it: by writing there."""
+def report_folder(path: os.PathLike | str) -> OwnedFolder:
+    """The folder of the report `path`, through the guard: the report is never written
+    through a link nor over a file imrseg did not write (`overwrite` None: a user's file
+    is refused, a report imrseg wrote there before is replaced). Not locked: the report
+    is one atomic write, and a run writing into that folder must not stop it."""
+    path = Path(path)
     if path.is_dir():
         raise InputError(f"{path}: {param('report')} is a folder; give a file name, e.g. {path / 'report.json'}")
+    if path.parent.exists() and not path.parent.is_dir():
+        raise InputError(f"{path}: {param('report')} cannot be written there ({path.parent} is not a folder)")
+    if path.name in (MANIFEST, LOCK_FILE):
+        raise InputError(f"{path}: {param('report')} names a file imrseg keeps for itself; give another name")
+    return OwnedFolder(path.parent, parameter="report", overwrite=None, lock=False)
+
+
+def _check_report(path: Path) -> None:
+    """Find an unwritable report before the evaluation, not after it: by claiming it."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.check-"):
-            pass
-    except OSError as exc:
+        with report_folder(path) as folder:
+            folder.claim([path.name])
+    except OSError as exc:  # its folder cannot be made
         raise InputError(f"{path}: {param('report')} cannot be written there ({exc.strerror or exc})") from None

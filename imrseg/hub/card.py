@@ -11,6 +11,7 @@ from ..data.classes import BENCHMARK_TITLES, PAPER_TABLES
 from .registry import load_registry
 from .weights import WEIGHTS_FILE, WeightsInfo
 
+CARD_FILE = "README.md"
 # In every card of a trained run (after its metadata): `imrseg weights push` keeps such a card.
 CARD_MARK = "<!-- imrseg train -->"
 

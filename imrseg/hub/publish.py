@@ -8,9 +8,11 @@ from pathlib import Path
 
 from ..data.classes import BENCHMARK_CLASSES, BENCHMARK_TITLES, NUM_FOLDS, fold_class_names, paper_steps
 from ..errors import ImrsegError, NetworkError, one_line
-from .card import CARD_MARK, imported_card
+from ..guard import OwnedFolder
+from .card import CARD_FILE, CARD_MARK, imported_card
 from .download import hf_endpoint, is_busy
-from .weights import CONFIG_FILE, WEIGHTS_FILE, WeightsInfo, build_model, resolve_weights
+from .weights import (CONFIG_FILE, WEIGHTS_FILE, WeightsInfo, build_model, config_bytes, resolve_weights,
+                      safetensors_bytes)
 
 
 def checkpoint_config(backbone: str, benchmark: str | None = None, fold: int | None = None) -> dict:
@@ -27,26 +29,23 @@ def checkpoint_config(backbone: str, benchmark: str | None = None, fold: int | N
 def import_official(checkpoint: str | os.PathLike, out: str | os.PathLike, benchmark: str | None = None,
                     fold: int | None = None) -> WeightsInfo:
     """Convert an authors' best_model.pt into a folder in the Hub layout
-    (config.json + model.safetensors + a model card); nothing pickled is written."""
+    (config.json + model.safetensors + a model card); nothing pickled is written.
+    `out` is written through the guard: held by this run alone, no link below it
+    followed, and a file there that imrseg did not write refused (before any is
+    written); a folder imported into before has its files replaced."""
     from ..models.checkpoint import infer_backbone, load_into, read_state_dict
 
     state_dict = read_state_dict(checkpoint)
     config = checkpoint_config(infer_backbone(state_dict, os.fspath(checkpoint)), benchmark, fold)
     model = build_model(config, os.fspath(checkpoint))
     load_into(model, state_dict, os.fspath(checkpoint))
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ImrsegError(f"{out}: exists and is not a folder")
-    model.save_pretrained(out)
-    # safetensors creates its file readable by the owner alone; like any file the user
-    # makes, the converted weights get the permissions the umask allows.
-    umask = os.umask(0)
-    os.umask(umask)
-    for name in (CONFIG_FILE, WEIGHTS_FILE):
-        os.chmod(out / name, 0o666 & ~umask)
-    _, info = resolve_weights(str(out))
-    # save_pretrained wrote the mixin's generic card; ours says where the weights come from.
-    (out / "README.md").write_text(imported_card(info), encoding="utf-8")
+    with OwnedFolder(out, parameter="out", overwrite=None) as folder:
+        folder.claim([CONFIG_FILE, WEIGHTS_FILE, CARD_FILE])
+        folder.write(CONFIG_FILE, config_bytes(config))
+        folder.write(WEIGHTS_FILE, safetensors_bytes(model))
+        _, info = resolve_weights(str(folder.root))  # as every command will read it
+        # The card says where the weights come from; written last, it describes the files beside it.
+        folder.write(CARD_FILE, imported_card(info).encode("utf-8"))
     return info
 
 
@@ -63,13 +62,13 @@ def push_folder(folder: str | os.PathLike, repo_id: str, private: bool = False) 
     _, info = resolve_weights(str(folder))  # refuse to publish anything that does not load
 
     # A run's best/ (`imrseg train`) carries its own card: what was trained and its validation figures.
-    own = folder / "README.md"
+    own = folder / CARD_FILE
     trained = own.is_file() and CARD_MARK in own.read_text(encoding="utf-8", errors="replace")
     card = own.read_text(encoding="utf-8") if trained else imported_card(info, repo_id)
     what = "trained with imrseg train" if trained else "the authors' best_model.pt as safetensors"
     operations = [CommitOperationAdd(CONFIG_FILE, str(folder / CONFIG_FILE)),
                   CommitOperationAdd(WEIGHTS_FILE, str(folder / WEIGHTS_FILE)),
-                  CommitOperationAdd("README.md", card.encode("utf-8"))]
+                  CommitOperationAdd(CARD_FILE, card.encode("utf-8"))]
     api = HfApi(endpoint=hf_endpoint())
     try:
         api.create_repo(repo_id, private=private, exist_ok=True)

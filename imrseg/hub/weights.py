@@ -10,8 +10,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..durable import file_sha256
-from ..data.classes import paper_steps
-from ..errors import CheckpointError, ImrsegError, InputError, Note, one_line
+from ..data.classes import BACKBONE_TITLES, paper_steps
+from ..errors import CheckpointError, ImrsegError, InputError, Note, one_line, show_path
+from ..guard import Fields
 from ..paths import hf_cache_dir
 from .download import COMMIT, fetch, is_repo_id, looks_like_path, snapshot_commit
 from .registry import DEFAULT_WEIGHTS, RegistryEntry, load_registry
@@ -124,16 +125,25 @@ def fetch_weights(source: WeightsSource) -> WeightsFiles:
 
 
 def read_config(path: Path, spec: str) -> dict:
-    """An imrseg config.json; anything else (another model's config) is refused."""
+    """An imrseg config.json, every value checked (`guard.Fields`); anything else
+    (another model's config, a damaged or crafted one) is a one-line CheckpointError."""
     try:
         config = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:
         raise CheckpointError(f"{spec}: {path} is not readable JSON ({one_line(exc)})") from None
     if not isinstance(config, dict) or "backbone" not in config or not set(config) <= set(CONFIG_KEYS):
         keys = ", ".join(sorted(config)) if isinstance(config, dict) else type(config).__name__
         raise CheckpointError(f"{spec}: {path} is not an IMR-HSNet config (keys: {keys}; expected backbone, "
                               "benchmark, fold, steps, class_names): a checkpoint of another model?")
-    return config
+    fields = Fields(config, f"{spec}: {show_path(path)}")
+    try:
+        return {"backbone": fields.text("backbone", choices=BACKBONE_TITLES),
+                "benchmark": fields.text("benchmark", optional=True),
+                "fold": fields.integer("fold", 0, optional=True),
+                "steps": fields.integer("steps", 1, optional=True),
+                "class_names": fields.texts("class_names") if fields.has("class_names") else None}
+    except InputError as exc:
+        raise CheckpointError(str(exc)) from None
 
 
 def _check_config_matches(config: dict, entry: RegistryEntry, spec: str) -> None:
@@ -151,6 +161,19 @@ def build_model(config: dict, spec: str):
         return IMRHSNet(**config)
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"{spec}: unusable config ({one_line(exc)})") from None
+
+
+def config_bytes(config: dict) -> bytes:
+    """config.json of the Hub layout, as the Hub mixin's `save_pretrained` writes it."""
+    return json.dumps(config, sort_keys=True, indent=2).encode("utf-8")
+
+
+def safetensors_bytes(model) -> bytes:
+    """model.safetensors of the Hub layout, made in memory: byte for byte what the Hub
+    mixin's `save_pretrained` writes (every tensor contiguous, no metadata)."""
+    from safetensors.torch import save
+
+    return save({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()})
 
 
 def _load_safetensors(path: Path, spec: str) -> dict:
