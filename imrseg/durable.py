@@ -18,8 +18,6 @@ import secrets
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-import numpy as np
-
 from .errors import ImrsegError, InputError, one_line, show_path
 
 
@@ -193,6 +191,8 @@ def finite_json(value, **options) -> str:
 
 def _json_default(value):
     """Let rows hold numpy numbers/arrays and paths, as the commands produce them."""
+    import numpy as np  # here: commands declare their options without numpy
+
     if isinstance(value, np.generic):
         return value.item()
     if isinstance(value, np.ndarray):

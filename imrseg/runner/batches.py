@@ -29,8 +29,9 @@ from ..prefetch import ahead
 from .writing import OutputOptions, write_outputs
 
 PREFETCH_BATCHES = 2
-# Threads writing a batch's files: encoding and fsync release the GIL, so they overlap.
-WRITERS = min(8, os.cpu_count() or 1)
+# Threads decoding queries ahead and writing a batch's files: decoding, encoding and fsync
+# release the GIL, so they overlap, up to one per core.
+DECODERS = WRITERS = min(8, os.cpu_count() or 1)
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,7 @@ def _decoded(paths: Sequence[Path], max_pixels: int | None, lookahead: int) -> I
         except InputError as exc:
             return exc
 
-    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="imrseg-decode") as pool:
+    with ThreadPoolExecutor(max_workers=DECODERS, thread_name_prefix="imrseg-decode") as pool:
         for path, future in ahead(paths, lambda p: pool.submit(load, p), lookahead):
             yield path, future.result()
 
