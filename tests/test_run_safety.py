@@ -19,7 +19,7 @@ from conftest import write_image
 from imrseg import durable
 from imrseg.cli import _register, app
 from imrseg.images import load_image
-from imrseg.predictor import ClassPredictions, Prediction, Predictor
+from imrseg.predictor import HOST_RESULTS, ClassPredictions, Prediction, Predictor
 from typer.testing import CliRunner
 
 _register()
@@ -40,7 +40,8 @@ class StubPredictor:
     def set_supports(self, classes):
         self.labels = list(classes)
 
-    def predict_classes(self, images, steps=None, sizes=None):
+    def predict_classes(self, images, steps=None, sizes=None, keep=HOST_RESULTS):
+        assert set(keep) <= set(HOST_RESULTS)
         out = []
         for image, size in zip(images, sizes):
             mask = stub_mask(image, size)

@@ -185,7 +185,7 @@ def test_out_of_memory_halves_the_forward_passes(shapes, tmp_path, monkeypatch):
 
 def test_a_run_with_other_settings_is_not_continued(shapes, tmp_path):
     _fit(shapes, tmp_path / "run", epochs=1)
-    with pytest.raises(InputError, match=r"other settings \(lr 0.0004 there, 0.001 now\)"):
+    with pytest.raises(InputError, match=r"other settings \(`lr` 0.0004 there, 0.001 now\)"):
         _fit(shapes, tmp_path / "run", epochs=2, lr=1e-3)
 
 

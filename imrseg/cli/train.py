@@ -30,8 +30,9 @@ def train_command(
     data_root: Annotated[Path, typer.Option(
         "--data-root", metavar="DIR", help="HSNet's layout (VOC2012/ or COCO2014/), or the folder of classes.")],
     out: Annotated[Path, typer.Option(
-        "--out", "-o", metavar="RUN", help="Run folder: last/ (to continue), best/ (Hub layout), metrics.jsonl, "
-                                           "curves.png. The same command again continues the run in it.")],
+        "--out", "-o", metavar="RUN", help="Run folder: run.json (what the run is), last/ (to continue), best/ "
+                                           "(Hub layout), metrics.jsonl, curves.png. The same command again "
+                                           "continues the run in it; other data or settings are refused.")],
     fold: Annotated[Optional[int], typer.Option(
         "--fold", min=0, max=3, help="Test fold (pascal, coco): trained on the other classes, validated on these.")]
     = None,

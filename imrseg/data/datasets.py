@@ -96,6 +96,18 @@ def open_image(path: Path) -> Iterator[Image.Image]:
         img.close()
 
 
+def read_matching_mask(data, name: str, image: Image.Image) -> np.ndarray:
+    """`data.read_mask(name)`, refused (one line naming the mask file) unless it has the
+    size of `image`, the decoded picture it belongs to: a mask of another size (or one
+    transposed) would be resized onto the wrong pixels without a word. Evaluation and
+    training both read their masks through here."""
+    mask = data.read_mask(name)
+    if mask.shape != (image.height, image.width):
+        raise InputError(f"{data.mask_path(name)}: mask is {mask.shape[1]}x{mask.shape[0]}, "
+                         f"its image is {image.width}x{image.height}")
+    return mask
+
+
 def ground_truth(mask: np.ndarray, benchmark: str, class_id: int,
                  size: tuple[int, int] | None) -> tuple[np.ndarray, np.ndarray]:
     """Raw class map -> (foreground, ignore), both (H, W) bool.

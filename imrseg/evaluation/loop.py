@@ -23,7 +23,7 @@ from ..models.imr_hsnet import INPUT_SIZE
 from ..transforms import network_input
 from ..clip.cache import CamSource
 from ..data.classes import paper_steps
-from ..data.datasets import BenchmarkData, ground_truth
+from ..data.datasets import BenchmarkData, ground_truth, read_matching_mask
 from ..data.episodes import Episode, sample_episodes
 from .metrics import IoUMeter, intersection_union
 from ..data.splits import Split
@@ -178,10 +178,7 @@ class _BatchRunner:
         return [intersection_union(p.cpu().numpy(), fg, ignore) for p, (fg, ignore) in zip(preds, truths)]
 
     def _truth(self, episode: Episode, image) -> tuple[np.ndarray, np.ndarray]:
-        mask = self.data.read_mask(episode.query)
-        if mask.shape != (image.height, image.width):
-            raise InputError(f"{self.data.mask_path(episode.query)}: mask is {mask.shape[1]}x{mask.shape[0]}, "
-                             f"its image is {image.width}x{image.height}")
+        mask = read_matching_mask(self.data, episode.query, image)
         size = None if self.settings.original_size else INPUT_SIZE
         return ground_truth(mask, self.settings.benchmark, episode.class_id, size)
 

@@ -4,11 +4,14 @@ are `imrseg.data`'s and the metrics and loop are the evaluation's
 (`imrseg.evaluation`), so validation is exactly `imrseg eval`.
 
 settings     TrainSettings: the paper's recipe per benchmark, checked before any
-             model loads; what a resumed run must share
+             model loads
+identity     what defines a run (recipe, data, weights by content): what a resumed
+             run must share
 run          `train`: the whole run, data to run folder, as the command does it
 model        the starting network: a checkpoint to fine-tune, or an ImageNet backbone
 data         episodes to batches (as the authors' loader), the CLIP-CAM cache filled once
-checkpoints  the run folder: last/ (to continue), best/ (Hub layout), metrics.jsonl
+checkpoints  the run folder, through the guard: run.json, last/ (to continue),
+             best/ (Hub layout), metrics.jsonl
 loop         `fit`: the epochs, validation, saving, DistributedDataParallel
 plot         curves.png
 """

@@ -5,8 +5,10 @@ Images get the test transform (400x400 bilinear, ImageNet statistics; they use
 no augmentation). Masks are resized to 400x400 nearest and made 0/1 for the
 episode's class, as their loss sees them: PASCAL's 255 boundary label is not the
 class, so it counts as background (their training loss has no ignore index; only
-their metric leaves it out). CLIP-CAMs come from the on-disk cache `imrseg eval`
-uses, filled beforehand by `precompute_cams` (once per (image, class), resumable).
+their metric leaves it out). A mask of another size than its image is refused, as
+`imrseg eval` refuses it (`data.datasets.read_matching_mask`). CLIP-CAMs come from
+the on-disk cache `imrseg eval` uses, filled beforehand by `precompute_cams` (once
+per (image, class), resumable).
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ from ..prefetch import ahead
 from ..models.voting import INPUT_SIZE
 from ..transforms import network_input
 from ..clip.cache import CamSource
-from ..data.datasets import ground_truth
+from ..data.datasets import ground_truth, read_matching_mask
 from ..data.episodes import Episode
 
 PREFETCH = 2  # batches decoded ahead of the one the network is on
@@ -67,9 +69,10 @@ class EpisodeLoader:
         self.workers = workers or default_workers()
 
     def _image_and_mask(self, name: str, class_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-        image = network_input(self.data.read_image(name))
-        foreground, _ = ground_truth(self.data.read_mask(name), self.benchmark, class_id, INPUT_SIZE)
-        return image, torch.from_numpy(foreground).long()
+        image = self.data.read_image(name)
+        mask = read_matching_mask(self.data, name, image)  # refused as `imrseg eval` refuses it
+        foreground, _ = ground_truth(mask, self.benchmark, class_id, INPUT_SIZE)
+        return network_input(image), torch.from_numpy(foreground).long()
 
     def _decoded(self, pool: ThreadPoolExecutor, episodes: Sequence[Episode]) -> list:
         return [pool.submit(self._image_and_mask, name, e.class_id)

@@ -7,7 +7,11 @@ Resumable: `RUN/last/` is saved at the end of an epoch's steps, after its
 validation, on Ctrl-C and every half hour; a run started again continues from
 the step it saved, with the same episodes (`training_episodes` draws epoch e from
 a generator seeded with (seed, e)), so on the CPU an interrupted run ends with
-the weights of an uninterrupted one.
+the weights of an uninterrupted one. Only the same run continues: what defines it
+(`identity.run_identity`) is checked against the folder's.
+
+A loss that turns NaN or infinite, or weights that do, stop the run with one line
+before anything is saved from them: RUN/last keeps the last good state.
 
 Distributed (torchrun): a batch of B episodes is dealt round-robin to the ranks;
 each rank's loss is weighted by its share of the batch, and DistributedDataParallel
@@ -19,6 +23,7 @@ writes.
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 import warnings
 from collections.abc import Callable
@@ -27,9 +32,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..devices import autocast, free_cached_memory
+from ..devices import autocast, float32_mode, free_cached_memory
 from ..distributed import Shard, all_sum
-from ..errors import Note, param
+from ..errors import ImrsegError, Note, param, show_path
 from ..data.episodes import sample_episodes
 from ..evaluation.loop import EvalSettings, evaluate
 from ..data.splits import Split
@@ -37,7 +42,7 @@ from ..data.training_episodes import training_episodes
 from ..hub.card import trained_card
 from .checkpoints import RunFolder, TrainState
 from .data import EpisodeLoader, precompute_cams
-from .plot import plot_curves
+from .identity import run_identity
 from .settings import TrainSettings
 
 SAVE_EVERY_S = 1800
@@ -109,17 +114,29 @@ def step_groups(settings: TrainSettings, split: Split, epoch: int, world: int) -
 
 def fit(settings: TrainSettings, net, split: Split, loader: EpisodeLoader, validation: Validation,
         run: RunFolder, device, shard: Shard = Shard(), reporter: Reporter = Reporter(),
-        stop: Callable[[], bool] = lambda: False, origin: str = "") -> TrainState:
+        stop: Callable[[], bool] = lambda: False, origin: str = "", weights: dict | None = None) -> TrainState:
     """Train `net` up to `settings.epochs` epochs in `run`, continuing what is saved there
-    (settings left None take the paper's recipe, and the backbone is `net`'s)."""
+    if it is the same run (settings left None take the paper's recipe, and the backbone
+    is `net`'s). `weights`: `identity.weights_identity`'s, for the run's identity (else
+    `init` counts by its name). `run` is opened here unless the caller holds it."""
     settings = settings.resolved(net.backbone_name)
-    device = torch.device(device)
+    # fp32 is IEEE fp32 on every device (TF32 off), the fast modes allow TF32: see `devices`.
+    with run.opened(shard.is_main), float32_mode(settings.precision):
+        return _fit(settings, net, split, loader, validation, run, torch.device(device), shard, reporter, stop,
+                    origin, run_identity(settings, split, validation.split, loader.data, weights))
+
+
+def _fit(settings: TrainSettings, net, split: Split, loader: EpisodeLoader, validation: Validation,
+         run: RunFolder, device: torch.device, shard: Shard, reporter: Reporter, stop: Callable[[], bool],
+         origin: str, identity: dict) -> TrainState:
+    run.begin(identity)
     net.to(device).train()
     optimizer = torch.optim.Adam(net.trainable_parameters(), lr=settings.lr)
     scaler = torch.amp.GradScaler(device.type, enabled=settings.precision == "fp16")
-    recipe = settings.recipe()
-    state = run.resume(recipe, net, optimizer, scaler)
+    state = run.resume(identity, net, optimizer, scaler)
     state.origin = state.origin or origin
+    if shard.is_main:
+        run.record(state.history)  # a run killed after saving last/ and before these
     objective = _Objective(net)
     if shard.distributed:
         objective = nn.parallel.DistributedDataParallel(
@@ -130,9 +147,16 @@ def fit(settings: TrainSettings, net, split: Split, loader: EpisodeLoader, valid
         if not precompute_cams(loader, pairs, shard, reporter.cams, stop):
             raise TrainingInterrupted("nothing trained yet (the CLIP-CAMs computed so far are cached)")
 
+    def diverged(what: str) -> ImrsegError:
+        return ImrsegError(f"{what}: the training diverged; {show_path(run.last)} keeps the run as last saved "
+                           f"(try a smaller {param('lr')})")
+
     def save() -> None:
+        # Every rank checks (their weights are the same), so all stop together.
+        if not torch.stack([p.detach().isfinite().all() for p in net.trainable_parameters()]).all():
+            raise diverged(f"the weights are no longer finite after optimiser step {state.optimizer_steps}")
         if shard.is_main:
-            run.save_last(recipe, net, optimizer, scaler, state)
+            run.save_last(identity, net, optimizer, scaler, state)
 
     last_save, micro = time.monotonic(), settings.micro_batch
     while state.epoch < settings.epochs:
@@ -157,9 +181,12 @@ def fit(settings: TrainSettings, net, split: Split, loader: EpisodeLoader, valid
                     free_cached_memory()
                     warnings.warn(Note(f"out of GPU memory: continuing with {micro} episodes a forward pass "
                                        f"(the same steps; {param('micro_batch')} {micro} starts so)"))
+            batch_loss = all_sum(shard, loss_sum).item() / len(group)
+            if not math.isfinite(batch_loss):
+                raise diverged(f"the training loss is {batch_loss} at epoch {state.epoch + 1}, step "
+                               f"{state.position + 1}")
             scaler.step(optimizer)
             scaler.update()
-            batch_loss = all_sum(shard, loss_sum).item() / len(group)
             state.position += 1
             state.optimizer_steps += 1
             state.loss_sum += batch_loss
@@ -187,8 +214,11 @@ def fit(settings: TrainSettings, net, split: Split, loader: EpisodeLoader, valid
                           validation.split, validation.data, net, loader.cams, None, device, on_episode, shard)
         net.train()
         row = {"epoch": state.epoch + 1, "train_loss": state.loss_sum / max(len(groups), 1),
-               "val_miou": result.miou, "val_fb_iou": result.fb_iou, "episodes": result.episodes,
+               "val_miou": float(result.miou), "val_fb_iou": float(result.fb_iou), "episodes": result.episodes,
                "seconds": time.perf_counter() - started, "optimizer_steps": state.optimizer_steps}
+        if not all(math.isfinite(row[k]) for k in ("train_loss", "val_miou", "val_fb_iou")):
+            raise diverged(f"epoch {row['epoch']} ends with loss {row['train_loss']}, validation mIoU "
+                           f"{row['val_miou']} and FB-IoU {row['val_fb_iou']}")
         if state.best is None or row["val_miou"] > state.best["val_miou"]:  # as the authors: strictly better
             state.best = row
             if shard.is_main:
@@ -197,8 +227,7 @@ def fit(settings: TrainSettings, net, split: Split, loader: EpisodeLoader, valid
         state.epoch, state.position, state.loss_sum, state.seconds = state.epoch + 1, 0, 0.0, 0.0
         save()
         if shard.is_main:
-            run.write_metrics(state.history)
-            plot_curves(run.curves, state.history)
+            run.record(state.history)
         last_save = time.monotonic()
         reporter.epoch_end(row)
     return state

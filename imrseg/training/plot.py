@@ -1,14 +1,13 @@
 """RUN/curves.png: the train loss and the validation mIoU per epoch, side by
 side, drawn with Pillow (a plotting library would be a dependency for one
-picture). The best epoch is marked."""
+picture). The best epoch is marked; a value that is missing or not finite is
+left out of its curve."""
 from __future__ import annotations
 
 import io
-from pathlib import Path
+import math
 
 from PIL import Image, ImageDraw, ImageFont
-
-from ..durable import atomic_write_bytes
 
 PANEL = (440, 300)  # plot area of each panel, pixels
 MARGIN = (64, 36, 20, 44)  # left, top, right, bottom
@@ -20,11 +19,16 @@ def _ticks(low: float, high: float) -> list[float]:
     return [low + (high - low) * i / (TICKS - 1) for i in range(TICKS)]
 
 
-def _panel(draw: ImageDraw.ImageDraw, font, left: int, title: str, epochs: list[int], values: list[float],
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _panel(draw: ImageDraw.ImageDraw, font, left: int, title: str, epochs: list[int], values: list,
            colour, best: int | None) -> None:
     x0, y0 = left + MARGIN[0], MARGIN[1]
     x1, y1 = x0 + PANEL[0], y0 + PANEL[1]
-    low, high = min(values), max(values)
+    drawn = [(e, v) for e, v in zip(epochs, values) if _finite(v)]
+    low, high = (min(v for _, v in drawn), max(v for _, v in drawn)) if drawn else (0.0, 1.0)
     if high - low < 1e-9:
         low, high = low - 0.5, high + 0.5
     first, last = epochs[0], max(epochs[-1], epochs[0] + 1)
@@ -43,29 +47,32 @@ def _panel(draw: ImageDraw.ImageDraw, font, left: int, title: str, epochs: list[
         draw.text((x - 6, y1 + 8), str(epoch), fill=BLACK, font=font)
     draw.text((x0 + PANEL[0] // 2 - 16, y1 + 24), "epoch", fill=BLACK, font=font)
     draw.rectangle([x0, y0, x1, y1], outline=BLACK)
-    points = [xy(e, v) for e, v in zip(epochs, values)]
+    points = [xy(e, v) for e, v in drawn]
     if len(points) > 1:
         draw.line(points, fill=colour, width=2)
     for x, y in points:
         draw.ellipse([x - 2, y - 2, x + 2, y + 2], fill=colour)
     if best is not None:
-        x, y = points[best]
+        x, y = xy(epochs[best], values[best])
         draw.ellipse([x - 5, y - 5, x + 5, y + 5], outline=BLACK, width=2)
 
 
-def plot_curves(path: Path, history: list[dict]) -> None:
-    """Draw the rows of metrics.jsonl (train_loss, val_miou per epoch)."""
-    if not history:
-        return
-    epochs = [row["epoch"] for row in history]
-    miou = [row["val_miou"] for row in history]
-    best = max(range(len(miou)), key=lambda i: (miou[i], -i))
+def curves_png(history: list[dict]) -> bytes:
+    """The rows of metrics.jsonl (epoch, train_loss, val_miou) drawn, as a PNG file."""
+    epochs = [row.get("epoch") for row in history]
+    keep = [i for i, epoch in enumerate(epochs) if _finite(epoch)]
+    epochs = [epochs[i] for i in keep] or [1]
+    rows = [history[i] for i in keep]
+    miou = [row.get("val_miou") for row in rows]
+    scored = [i for i, v in enumerate(miou) if _finite(v)]
+    best = max(scored, key=lambda i: (miou[i], -i)) if scored else None
+    title = f"validation mIoU (%), best {miou[best]:.1f} at epoch {epochs[best]}" if best is not None else \
+        "validation mIoU (%)"
     width = 2 * (MARGIN[0] + PANEL[0] + MARGIN[2])
     image = Image.new("RGB", (width, MARGIN[1] + PANEL[1] + MARGIN[3]), "white")
     draw, font = ImageDraw.Draw(image), ImageFont.load_default()
-    _panel(draw, font, 0, "train loss", epochs, [row["train_loss"] for row in history], BLUE, None)
-    _panel(draw, font, width // 2, f"validation mIoU (%), best {miou[best]:.1f} at epoch {epochs[best]}",
-           epochs, miou, ORANGE, best)
+    _panel(draw, font, 0, "train loss", epochs, [row.get("train_loss") for row in rows], BLUE, None)
+    _panel(draw, font, width // 2, title, epochs, miou, ORANGE, best)
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
-    atomic_write_bytes(path, buffer.getvalue())
+    return buffer.getvalue()

@@ -3,16 +3,18 @@
 wrong without a model does so before one loads:
 
 1. check the settings; open the data and the training and validation splits;
-2. join the other ranks (torchrun) on the device; rank 0 takes the run folder's
-   lock and removes the temporary files a killed run left;
-3. the network: the run saved in the folder, else `init`'s checkpoint or a fresh
+2. join the other ranks (torchrun) on the device; rank 0 takes the run folder
+   (`RunFolder.opened`: its lock; a link or another's file in the run's place is
+   refused) and removes the temporary files a killed run left;
+3. what defines the run (`identity`), the weights hashed, not loaded: a folder
+   holding another run is refused;
+4. the network: the run saved in the folder, else `init`'s checkpoint or a fresh
    one on an ImageNet backbone;
-4. CLIP, with the CLIP-CAMs cached on disk (`clip.cache.CamSource`), and `fit`.
+5. CLIP, with the CLIP-CAMs cached on disk (`clip.cache.CamSource`), and `fit`.
 What happens along the way is told to a `Reporter`; Ctrl-C ends it with
 `TrainingInterrupted`, RUN/last holding the run, and the same settings continue it."""
 from __future__ import annotations
 
-import contextlib
 import warnings
 
 from ..clip.cache import CamSource
@@ -24,7 +26,7 @@ from ..data.folder import open_folder
 from ..data.splits import load_split, load_training_split
 from ..devices import check_precision, default_batch_size, resolve_device
 from ..distributed import current_shard, start, stop
-from ..durable import FolderLock, file_sha256
+from ..durable import file_sha256
 from ..errors import InputError, Note, param
 from ..hub import resolve_clip
 from ..interrupts import StopOnInterrupt
@@ -32,6 +34,7 @@ from ..models import IMRHSNet
 from ..paths import cache_root
 from .checkpoints import RunFolder, TrainState
 from .data import EpisodeLoader
+from .identity import run_identity, weights_identity
 from .loop import Reporter, Validation, fit
 from .model import initial_model
 from .settings import TrainSettings
@@ -49,11 +52,10 @@ def train(settings: TrainSettings, reporter: Reporter | None = None) -> TrainSta
     device = start(shard, resolve_device(settings.device))
     check_precision(settings.precision, device)
     # Rank 0 writes the run folder, and keeps other runs out of it meanwhile.
-    with FolderLock(settings.out) if shard.is_main else contextlib.nullcontext():
-        run = RunFolder(settings.out)
-        if shard.is_main:
-            run.clean()
+    with RunFolder(settings.out).opened(shard.is_main) as run:
         recipe = settings.resolved()
+        weights = weights_identity(recipe)
+        run.begin(run_identity(recipe, split, val, data, weights))
         net, origin = _network(recipe, run, class_names)
         if recipe.batch_size < shard.world:
             raise InputError(f"{param('batch_size')} {recipe.batch_size} is smaller than the {shard.world} processes")
@@ -64,7 +66,7 @@ def train(settings: TrainSettings, reporter: Reporter | None = None) -> TrainSta
         validation = Validation(val, data, default_batch_size(device))
         with reporter, StopOnInterrupt() as stopper:
             state = fit(recipe, net, split, loader, validation, run, device, shard, reporter,
-                        lambda: stopper.requested, origin)
+                        lambda: stopper.requested, origin, weights)
     stop(shard)
     return state
 

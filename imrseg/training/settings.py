@@ -7,8 +7,8 @@ The recipe (Section 5.2 and the authors' README): Adam, lr 4e-4 with 40 episodes
 a batch and 2 refinement steps on PASCAL-5i, lr 2e-4 with 20 episodes and 3 steps
 on COCO-20i; 400 epochs at most (their train.py's default: they kept the epoch
 of the best validation mIoU once it saturated). A folder of one's own classes
-gets PASCAL's recipe. A resumed run must share its recipe (`recipe()`) with the
-run it continues."""
+gets PASCAL's recipe. A resumed run must share its recipe (`recipe()`), with
+the rest of what defines it (`identity.run_identity`), with the run it continues."""
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
@@ -87,6 +87,10 @@ class TrainSettings:
             if self.fold is not None:
                 raise InputError(f"{param('fold')} is for pascal and coco; a folder's validation classes are "
                                  f"{param('val_classes')} or {param('val_share')}")
+            data_root, out = self.data_root.resolve(), self.out.resolve()
+            if out == data_root or data_root in out.parents:
+                raise InputError(f"{param('out')} {self.out}: inside {param('data_root')}, where every folder is "
+                                 "a class; choose a run folder outside it")
             return
         if self.fold is None:
             raise InputError(f"{param('fold')} is needed for {self.benchmark}: 0, 1, 2 or 3 (the test fold)")
