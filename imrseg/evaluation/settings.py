@@ -100,9 +100,7 @@ def report_folder(path: os.PathLike | str) -> OwnedFolder:
 
 
 def _check_report(path: Path) -> None:
-    """Find an unwritable report before the evaluation, not after it: by claiming it."""
-    try:
-        with report_folder(path) as folder:
-            folder.claim([path.name])
-    except OSError as exc:  # its folder cannot be made
-        raise InputError(f"{path}: {param('report')} cannot be written there ({exc.strerror or exc})") from None
+    """Find an unwritable report before the evaluation, not after it: by claiming it
+    (the guard turns a folder it cannot make or write into a one-line error)."""
+    with report_folder(path) as folder:
+        folder.claim([path.name])
