@@ -19,7 +19,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
@@ -291,6 +291,10 @@ CONFIG_VALUES = {"backbone": st.sampled_from(["resnet50", "vgg16"]) | JSON,
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(config=st.fixed_dictionaries({}, optional=CONFIG_VALUES) | JSON)
+@example(config={"\n": None}).via("a key that is a line break")
+@example(config={"backbone": "vgg16", "x\ry": 1}).via("an unknown key with a carriage return")
+@example(config={"backbone": "res\nnet"}).via("a value that is two lines")
+@example(config={str(key): key for key in range(500)}).via("hundreds of keys")
 def test_a_config_json_gives_checked_values_or_a_one_line_error(tmp_path, config):
     path = tmp_path / "config.json"
     path.write_text(json.dumps(config))

@@ -130,11 +130,12 @@ def read_config(path: Path, spec: str) -> dict:
     try:
         config = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError, RecursionError) as exc:
-        raise CheckpointError(f"{spec}: {path} is not readable JSON ({one_line(exc)})") from None
+        raise CheckpointError(f"{spec}: {show_path(path)} is not readable JSON ({one_line(exc)})") from None
     if not isinstance(config, dict) or "backbone" not in config or not set(config) <= set(CONFIG_KEYS):
-        keys = ", ".join(sorted(config)) if isinstance(config, dict) else type(config).__name__
-        raise CheckpointError(f"{spec}: {path} is not an IMR-HSNet config (keys: {keys}; expected backbone, "
-                              "benchmark, fold, steps, class_names): a checkpoint of another model?")
+        keys = sorted(config) if isinstance(config, dict) else [type(config).__name__]
+        shown = ", ".join(show_path(key) for key in keys[:8]) + (", ..." if len(keys) > 8 else "")
+        raise CheckpointError(f"{spec}: {show_path(path)} is not an IMR-HSNet config (keys: {shown}; expected "
+                              "backbone, benchmark, fold, steps, class_names): a checkpoint of another model?")
     fields = Fields(config, f"{spec}: {show_path(path)}")
     try:
         return {"backbone": fields.text("backbone", choices=BACKBONE_TITLES),
