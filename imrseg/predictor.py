@@ -26,12 +26,23 @@ from .clip.vocabulary import class_vocabulary
 from .multiclass import check_class_count, check_distinct_labels, index_mask
 from .models import IMRHSNet
 from .scores import query_score
-from .transforms import CAM_SIZE, mask_to_cam, network_input
+from .transforms import CAM_SIZE, mask_to_cam, network_pixels, normalise, to_device
 from .clip.vocabulary import DEFAULT_TEMPLATE
 
 
 # What `predict_classes` can bring back to the host besides the mask (see its `keep`).
 HOST_RESULTS = ("prob", "cam", "steps")
+
+
+@dataclass(frozen=True)
+class QueryPixels:
+    """A query resized for the network and for CLIP, as uint8 pixels: `Predictor.prepare`
+    makes it without touching a model, so worker threads can prepare the next batch
+    while the device runs this one."""
+
+    network: torch.Tensor  # uint8 (3, 400, 400)
+    clip: torch.Tensor | None  # uint8 (3, S, S); None without a CLIP model
+    size: tuple[int, int]  # (W, H) of the image they were made from
 
 
 @dataclass
@@ -188,6 +199,12 @@ class Predictor:
         self._shots = dict.fromkeys(labels)
 
     # ----------------------------------------------------------------- queries
+    def prepare(self, image: Image.Image) -> QueryPixels:
+        """The query's resizes (PIL, exact as the authors'), ready for `predict_classes`:
+        thread-safe, so a run prepares queries on its decoding workers."""
+        clip = self.cam.pixels(image) if self.cam is not None else None
+        return QueryPixels(network_pixels(image), clip, image.size)
+
     def predict(self, image: Image.Image, steps: int | None = None, size=None) -> Prediction:
         return self.predict_batch([image], steps, [size] if size else None)[0]
 
@@ -200,10 +217,11 @@ class Predictor:
                              "use predict_classes")
         return [result.by_label[self.labels[0]] for result in self.predict_classes(images, steps, sizes)]
 
-    def predict_classes(self, images: Sequence[Image.Image], steps: int | None = None,
+    def predict_classes(self, images: Sequence[Image.Image | QueryPixels], steps: int | None = None,
                         sizes: Sequence[tuple] | None = None,
                         keep: Sequence[str] = HOST_RESULTS) -> list[ClassPredictions]:
-        """Segment a batch of queries for every class; `sizes` as in `predict_batch`.
+        """Segment a batch of queries (PIL images, or what `prepare` made of them) for
+        every class; `sizes` as in `predict_batch` (default: each image's size).
         `keep`: which of HOST_RESULTS come back from the device besides the mask (a run
         keeps only what it writes); with several classes the probabilities always do,
         since they decide where masks overlap."""
@@ -214,10 +232,11 @@ class Predictor:
             raise InputError(f"`keep` {sorted(unknown)}: expected some of {', '.join(HOST_RESULTS)}")
         labels = self.labels
         keep = set(keep) | ({"prob"} if len(labels) > 1 else set())
-        cams = self.cams(images, labels)
-        out_sizes = [(h, w) for w, h in (sizes or [im.size for im in images])]
+        prepared = [im if isinstance(im, QueryPixels) else self.prepare(im) for im in images]
+        cams = self.cams([p.clip for p in prepared], labels)
+        out_sizes = [(h, w) for w, h in (sizes or [p.size for p in prepared])]
         with self.inference():
-            query = self.model.encode(self.network_inputs(images))
+            query = self.model.encode(self.network_inputs([p.network for p in prepared]))
             per_class = [self.model.segment(query, cams[v], self.shots(label), steps or self.steps, out_sizes,
                                             every_step="steps" in keep) for v, label in enumerate(labels)]
         return [ClassPredictions({label: _prediction(per_class[v][b], cams[v][b], keep)
@@ -230,8 +249,9 @@ class Predictor:
         return self.predict_batch(images, steps, sizes)
 
     # ------------------------------------------------------------------ shared
-    def cams(self, images: Sequence[Image.Image], labels: Sequence[str]) -> torch.Tensor:
-        """(V, N, 50, 50) coarse masks of the images for each label, one CLIP forward."""
+    def cams(self, images: Sequence[Image.Image | torch.Tensor], labels: Sequence[str]) -> torch.Tensor:
+        """(V, N, 50, 50) coarse masks of the images (or their CLIP pixels) for each
+        label, one CLIP forward."""
         if self.cam is None:
             raise InputError("no CLIP model to compute coarse masks: give the Predictor a ClipCAM as `cam`")
         vocabularies = [self.vocabulary(label) for label in labels]
@@ -246,9 +266,12 @@ class Predictor:
         stack.enter_context(autocast(self.device, self.precision))
         return stack
 
-    def network_inputs(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        """The images as the network's (N, 3, 400, 400) batch on the predictor's device."""
-        return torch.stack([network_input(im) for im in images]).to(self.device)
+    def network_inputs(self, images: Sequence[Image.Image | torch.Tensor]) -> torch.Tensor:
+        """The images (or their `network_pixels`) as the network's normalised
+        (N, 3, 400, 400) batch on the predictor's device: uint8 crosses to the device,
+        normalised there."""
+        pixels = [im if isinstance(im, torch.Tensor) else network_pixels(im) for im in images]
+        return normalise(to_device(pixels, self.device))
 
 
 def _prediction(result, cam: torch.Tensor, keep: set[str]) -> Prediction:

@@ -16,6 +16,7 @@ from imrseg.clip.cam import ClipCAM
 from imrseg.data.classes import PASCAL_CLASSES
 from imrseg.devices import autocast, float32_mode
 from imrseg.predictor import Predictor
+from imrseg.transforms import normalise, to_device
 from test_engine_golden import TOL
 from test_training_golden import ATOL, LOSS_RTOL, NORM_RTOL
 
@@ -121,3 +122,12 @@ def test_half_precision_masks_agree_with_fp32(cuda_net, golden_net, precision):
         with torch.inference_mode(), float32_mode(mode), autocast(torch.device("cuda"), mode):
             masks[mode] = torch.stack([r.mask for r in cuda_net.segment(query, cam, shots, steps=2)]).cpu()
     assert (masks["fp32"] == masks[precision]).float().mean().item() >= MASK_AGREEMENT
+
+
+@cuda
+def test_pixels_normalised_on_the_gpu_equal_the_cpus():
+    """uint8 batches cross through pinned memory and are normalised on the GPU: the
+    same values as on the CPU, bit for bit."""
+    pixels = torch.randint(0, 256, (2, 3, 40, 40), dtype=torch.uint8)
+    on_gpu = normalise(to_device(list(pixels), torch.device("cuda")))
+    assert on_gpu.is_cuda and torch.equal(on_gpu.cpu(), normalise(pixels))

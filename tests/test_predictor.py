@@ -1,15 +1,19 @@
 """The Predictor: cached supports, batched queries, K-shot vote, zero-shot, drawn masks."""
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import pytest
 import torch
+import torchvision.transforms.functional as TF
 from PIL import Image
 
 from imrseg.clip.cam import ClipCAM
 from imrseg.errors import InputError
 from imrseg.models import vote
 from imrseg.predictor import Predictor
+from imrseg.transforms import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, network_input, normalise
 
 
 def _image(seed: int, size=(64, 48)) -> Image.Image:
@@ -145,3 +149,33 @@ def test_cam_works_with_a_vision_transformer_clip():
     maps = cam([_image(12, (80, 60)), _image(13)], ["dog", "cat", "car"], [0, 2], size=50)
     assert maps.shape == (2, 50, 50)
     assert float(maps.min()) >= 0.0 and float(maps.max()) <= 1.0 and float(maps.max()) > 0.5
+
+
+@pytest.mark.parametrize("stats", [(IMAGENET_MEAN, IMAGENET_STD), (CLIP_MEAN, CLIP_STD)])
+def test_normalising_on_the_device_equals_the_authors_transform(stats):
+    """Pixels cross to the device as uint8 and are normalised there by lookup: bit for
+    bit torchvision's ToTensor + Normalize, for every byte value and channel."""
+    mean, std = stats
+    every = np.tile(np.arange(256, dtype=np.uint8), (16, 3)).reshape(16, 256, 3)
+    for picture in (Image.fromarray(every), _image(7, (333, 251))):
+        reference = TF.normalize(TF.to_tensor(picture), mean, std)
+        assert torch.equal(normalise(torch.from_numpy(np.array(picture)).permute(2, 0, 1), mean, std), reference)
+    picture = _image(8, (97, 131))
+    resized = picture.resize((400, 400), Image.BILINEAR)
+    assert torch.equal(network_input(picture), TF.normalize(TF.to_tensor(resized), IMAGENET_MEAN, IMAGENET_STD))
+
+
+def test_queries_prepared_on_other_threads_give_the_same_results(recipe_net, cam):
+    """`prepare` (the resizes) runs on a run's decoding threads; what it makes predicts
+    exactly as the images themselves."""
+    predictor = Predictor(recipe_net, cam, steps=1)
+    predictor.set_support([_image(3)], "cat")
+    queries = [_image(4), _image(5, (48, 64))]
+    with ThreadPoolExecutor(2) as pool:
+        prepared = list(pool.map(predictor.prepare, queries))
+    assert [p.size for p in prepared] == [q.size for q in queries]
+    assert prepared[0].network.dtype == torch.uint8 and prepared[0].clip.shape == (3, 224, 224)
+    for direct, made in zip(predictor.predict_classes(queries), predictor.predict_classes(prepared)):
+        assert np.array_equal(direct["cat"].mask, made["cat"].mask)
+        assert np.array_equal(direct["cat"].prob, made["cat"].prob)
+        assert np.array_equal(direct["cat"].cam, made["cat"].cam)

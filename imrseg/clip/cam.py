@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from ..errors import InputError
-from ..transforms import CAM_SIZE, CLIP_MODES, clip_input
+from ..transforms import CAM_SIZE, CLIP_MEAN, CLIP_MODES, CLIP_STD, clip_input, clip_pixels, normalise, to_device
 from .vocabulary import DEFAULT_TEMPLATE, check_template
 
 CAM_MODES = CLIP_MODES
@@ -54,7 +54,8 @@ class ClipCAM:
     `mode="official"` preprocesses as the authors (shorter side to 224, centre
     crop), so the map covers the central square only and is stretched over the
     whole image; `mode="full"` resizes the whole image to 224x224, so the map lines
-    up with the uncropped image the refinement network sees.
+    up with the uncropped image the refinement network sees. Every method taking
+    `images` takes PIL images or their `pixels` (prepared ahead, e.g. on a worker).
     """
 
     def __init__(self, model: torch.nn.Module, tokenizer=None, template: str = DEFAULT_TEMPLATE,
@@ -82,6 +83,11 @@ class ClipCAM:
         """PIL image -> normalised (3, S, S) tensor."""
         return clip_input(image, self.input_size, self.mode)
 
+    def pixels(self, image: Image.Image) -> torch.Tensor:
+        """PIL image -> uint8 (3, S, S), resized and cropped as `preprocess` (no model
+        touched: safe on a worker thread)."""
+        return clip_pixels(image, self.input_size, self.mode)
+
     # --------------------------------------------------------------------- text
     def check_label(self, label: str) -> None:
         check_label(self.tokenizer, self.template, label, self.context_length)
@@ -97,8 +103,11 @@ class ClipCAM:
         return self._text_cache[key]
 
     # ------------------------------------------------------------------- images
-    def batch(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        return torch.stack([self.preprocess(im) for im in images]).to(self.device)
+    def batch(self, images: Sequence[Image.Image | torch.Tensor]) -> torch.Tensor:
+        """PIL images, or their `pixels`, as the normalised (N, 3, S, S) batch on the
+        CAM's device (normalised there)."""
+        pixels = [im if isinstance(im, torch.Tensor) else self.pixels(im) for im in images]
+        return normalise(to_device(pixels, self.device), CLIP_MEAN, CLIP_STD)
 
     def probabilities(self, batch: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         """Softmax over 100 x cosine similarity of a preprocessed batch against unit
@@ -109,14 +118,14 @@ class ClipCAM:
         feats = self.model.encode_image(batch).float()
         return feats / feats.norm(dim=-1, keepdim=True)
 
-    def maps(self, images: Sequence[Image.Image], classnames: Sequence[str],
+    def maps(self, images: Sequence[Image.Image | torch.Tensor], classnames: Sequence[str],
              targets: Sequence[int]) -> np.ndarray:
         """Grad-CAM maps at the CLIP input size, (N, S, S) float32 in [0, 1]."""
         if len(images) != len(targets):
             raise ValueError(f"{len(images)} `images` but {len(targets)} `targets`: one target class per image")
         return self._grad_cams(images, [self.text_features(classnames)], targets)[0]
 
-    def __call__(self, images: Sequence[Image.Image], classnames: Sequence[str],
+    def __call__(self, images: Sequence[Image.Image | torch.Tensor], classnames: Sequence[str],
                  targets: Sequence[int], size: int = CAM_SIZE) -> torch.Tensor:
         """Coarse masks (N, size, size) in [0, 1], resized with cv2 as the authors."""
         maps = self.maps(images, classnames, targets)
@@ -124,7 +133,7 @@ class ClipCAM:
                                 if len(maps) else np.zeros((0, size, size), np.float32))
 
     # ------------------------------------------------------- several labels
-    def cams_for_labels(self, images: Sequence[Image.Image], vocabularies: Sequence[Sequence[str]],
+    def cams_for_labels(self, images: Sequence[Image.Image | torch.Tensor], vocabularies: Sequence[Sequence[str]],
                         size: int = CAM_SIZE) -> torch.Tensor:
         """Coarse masks of every image for several labels, (V, N, size, size): entry v is
         `self(images, vocabularies[v], [0] * N, size)`, the label being the first name
@@ -133,12 +142,12 @@ class ClipCAM:
         resized = [[cv2.resize(m, (size, size)) for m in per_label] for per_label in maps]
         return torch.from_numpy(np.asarray(resized, dtype=np.float32).reshape(len(vocabularies), len(images), size, size))
 
-    def maps_for_labels(self, images: Sequence[Image.Image], vocabularies: Sequence[Sequence[str]]) -> np.ndarray:
+    def maps_for_labels(self, images: Sequence[Image.Image | torch.Tensor], vocabularies: Sequence[Sequence[str]]) -> np.ndarray:
         """Grad-CAM maps at the CLIP input size, (V, N, S, S), equal to
         `maps(images, vocabularies[v], [0] * N)` for each v."""
         return self._grad_cams(images, [self.text_features(v) for v in vocabularies], [0] * len(images))
 
-    def _grad_cams(self, images: Sequence[Image.Image], texts: Sequence[torch.Tensor],
+    def _grad_cams(self, images: Sequence[Image.Image | torch.Tensor], texts: Sequence[torch.Tensor],
                    targets: Sequence[int]) -> np.ndarray:
         """(V, N, S, S): for each vocabulary's unit text embeddings `texts[v]`, the Grad-CAM
         maps of the images for their `targets` (indices into that vocabulary), CAM_BATCH
@@ -146,11 +155,11 @@ class ClipCAM:
         differentiated on the same graph (kept for the next one), so V vocabularies cost
         one image forward and V short backward passes from the target layer on, instead
         of V of each."""
-        batches = [self._grad_cams_batch(self.batch(images[i:i + CAM_BATCH]), texts, targets[i:i + CAM_BATCH])
-                   for i in range(0, len(images), CAM_BATCH)]
-        if not batches:
+        if not images:
             return np.zeros((len(texts), 0, self.input_size, self.input_size), np.float32)
-        return np.concatenate(batches, axis=1)
+        batch = self.batch(images)
+        return np.concatenate([self._grad_cams_batch(batch[i:i + CAM_BATCH], texts, targets[i:i + CAM_BATCH])
+                               for i in range(0, len(images), CAM_BATCH)], axis=1)
 
     def _grad_cams_batch(self, batch: torch.Tensor, texts: Sequence[torch.Tensor],
                          targets: Sequence[int]) -> np.ndarray:

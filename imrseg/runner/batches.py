@@ -1,4 +1,5 @@
-"""The loop over a run's queries: decode in the background, predict in batches,
+"""The loop over a run's queries: decode and prepare (the predictor's resizes) in the
+background on a pool of threads, predict in batches,
 write every output atomically through the folder's guard (a batch's files claimed
 with one manifest write, then named in a "writing" row, before any is written; the
 files written in parallel, then the batch's rows, one per query in query order,
@@ -29,8 +30,8 @@ from ..prefetch import ahead
 from .writing import OutputOptions, write_outputs
 
 PREFETCH_BATCHES = 2
-# Threads decoding queries ahead and writing a batch's files: decoding, encoding and fsync
-# release the GIL, so they overlap, up to one per core.
+# Threads decoding and resizing queries ahead, and writing a batch's files: decoding,
+# resizing, encoding and fsync release the GIL, so they overlap, up to one per core.
 DECODERS = WRITERS = min(8, os.cpu_count() or 1)
 
 
@@ -46,13 +47,15 @@ class Job:
     file_name: str | None = None  # the query relative to the folder it was found in
 
 
-def _decoded(paths: Sequence[Path], max_pixels: int | None, lookahead: int) -> Iterator:
-    """(path, LoadedImage or InputError) in order, decoded ahead on a thread pool."""
+def _decoded(paths: Sequence[Path], max_pixels: int | None, lookahead: int, prepare: Callable | None) -> Iterator:
+    """(path, (LoadedImage, prepare(its image), or the image without `prepare`) or
+    InputError) in order, made ahead on a thread pool."""
     def load(path):
         try:
-            return load_image(path, max_pixels=max_pixels)
+            loaded = load_image(path, max_pixels=max_pixels)
         except InputError as exc:
             return exc
+        return loaded, prepare(loaded.image) if prepare is not None else loaded.image
 
     with ThreadPoolExecutor(max_workers=DECODERS, thread_name_prefix="imrseg-decode") as pool:
         for path, future in ahead(paths, lambda p: pool.submit(load, p), lookahead):
@@ -77,17 +80,18 @@ def predict_with_backoff(predict: Callable, images: list, sizes: list, device_na
 
 def segment_queries(predict: Callable | None, jobs: Sequence[Job], *, folder: OwnedFolder, steps: int,
                     options: OutputOptions, labels: Sequence[str], batch_size: int, max_pixels: int | None,
-                    log: ResultsLog, device_name: str = "cpu",
+                    log: ResultsLog, device_name: str = "cpu", prepare: Callable | None = None,
                     on_outcome: Callable[[Outcome], None] = lambda o: None,
                     stop: StopOnInterrupt | None = None) -> Summary:
     """Segment every job not yet finished, writing its outputs into `folder` (the
     jobs' stems lie under the folder as it was given); log one row per job, in the
-    jobs' order. `predict(images, sizes)` returns one ClassPredictions (of `labels`)
-    per loaded image (None when every job is finished)."""
+    jobs' order. `predict(prepared, sizes)` returns one ClassPredictions (of `labels`)
+    per loaded image, given what `prepare(image)` made of each on the decoding threads
+    (without `prepare`, the images themselves; `predict` is None when every job is finished)."""
     summary = Summary()
     out = folder.given
     suffixes = options.suffixes(steps, labels)
-    # This batch's jobs in order: (job, LoadedImage) to predict, or an Outcome already known.
+    # This batch's jobs in order: (job, LoadedImage, prepared) to predict, or an Outcome already known.
     pending: list = []
 
     def written(job: Job, loaded: LoadedImage, result, seconds: float, stem: Path) -> Outcome:
@@ -107,14 +111,14 @@ def segment_queries(predict: Callable | None, jobs: Sequence[Job], *, folder: Ow
         work = list(pending)
         if batch:
             started = time.perf_counter()
-            predictions = iter(predict_with_backoff(predict, [loaded.image for _, loaded in batch],
-                                                    [loaded.size for _, loaded in batch], device_name))
+            predictions = iter(predict_with_backoff(predict, [prepared for _, _, prepared in batch],
+                                                    [loaded.size for _, loaded, _ in batch], device_name))
             each = round((time.perf_counter() - started) / len(batch), 4)
-            names = [f for job, _ in batch for f in relative_outputs(job.stem, suffixes, out)]
+            names = [f for job, _, _ in batch for f in relative_outputs(job.stem, suffixes, out)]
             masks = folder.claim(names)[len(suffixes) - 1::len(suffixes)]  # each job's mask: its last file
             stems = iter(outputs.stem_of(mask) for mask in masks)
             log.write({"type": "writing", "outputs": names})
-            work = [item if isinstance(item, Outcome) else (*item, next(predictions), each, next(stems))
+            work = [item if isinstance(item, Outcome) else (*item[:2], next(predictions), each, next(stems))
                     for item in pending]
         # Group commit: the batch's files are written (each fsynced) in parallel, then
         # its rows appended with one fsync, so a row still means its files are complete.
@@ -127,7 +131,7 @@ def segment_queries(predict: Callable | None, jobs: Sequence[Job], *, folder: Ow
 
     todo = [job.query for job in jobs if job.finished is None]
     images = 0
-    with contextlib.closing(_decoded(todo, max_pixels, lookahead=PREFETCH_BATCHES * batch_size)) as decoded, \
+    with contextlib.closing(_decoded(todo, max_pixels, PREFETCH_BATCHES * batch_size, prepare)) as decoded, \
             ThreadPoolExecutor(max_workers=WRITERS, thread_name_prefix="imrseg-write") as writers:
         for job in jobs:
             if job.finished is not None:
@@ -137,12 +141,12 @@ def segment_queries(predict: Callable | None, jobs: Sequence[Job], *, folder: Ow
                 summary.interrupted = True
                 break
             else:
-                _, loaded = next(decoded)
-                if isinstance(loaded, InputError):
-                    pending.append(Outcome(job.query, "failed", error=str(loaded), steps=steps, query_file=job.file,
+                _, made = next(decoded)
+                if isinstance(made, InputError):
+                    pending.append(Outcome(job.query, "failed", error=str(made), steps=steps, query_file=job.file,
                                            file_name=job.file_name))
                 else:
-                    pending.append((job, loaded))
+                    pending.append((job, *made))
                     images += 1
             if images in (0, batch_size):
                 flush()

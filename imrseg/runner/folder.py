@@ -142,7 +142,8 @@ def _plan(settings: RunSettings, folder: OwnedFolder) -> RunPlan:
 
 
 def _predictor(settings: RunSettings, plan: RunPlan, device):
-    """(predictor, predict(images, sizes)) for the run."""
+    """(predictor, predict(prepared, sizes)) for the run (`predictor.prepare` makes the
+    prepared queries)."""
     from ..predictor import Predictor
 
     predictor = Predictor.from_pretrained(
@@ -155,7 +156,7 @@ def _predictor(settings: RunSettings, plan: RunPlan, device):
     else:
         predictor.set_supports(plan.loaded_supports)
     keep = settings.outputs.kept
-    return predictor, lambda images, sizes: predictor.predict_classes(images, sizes=sizes, keep=keep)
+    return predictor, lambda prepared, sizes: predictor.predict_classes(prepared, sizes=sizes, keep=keep)
 
 
 def _header(settings: RunSettings, plan: RunPlan, model: dict, device, shard: Shard) -> dict:
@@ -178,8 +179,10 @@ def _segment(settings: RunSettings, plan: RunPlan, jobs: list[Job], device, shar
         return Summary()
     with folder.log(rank_log(shard.rank) if shard.distributed else RESULTS_FILE) as log:
         # opened first: a log that cannot be written stops the run now
+        prepare = None
         if any(job.finished is None for job in jobs):
             predictor, predict = _predictor(settings, plan, device)
+            prepare = predictor.prepare
             weights = predictor.weights_info
             model = {"weights": {"spec": weights.spec, "name": weights.name, "sha256": weights.sha256},
                      "clip": predictor.clip_info.model_name, "precision": predictor.precision,
@@ -192,7 +195,7 @@ def _segment(settings: RunSettings, plan: RunPlan, jobs: list[Job], device, shar
             return segment_queries(
                 predict, jobs, folder=folder, steps=model["steps"], options=settings.outputs, labels=settings.labels,
                 batch_size=settings.batch_size or default_batch_size(device), max_pixels=settings.max_pixels,
-                log=log, device_name=str(device), on_outcome=report, stop=stopper)
+                log=log, device_name=str(device), on_outcome=report, stop=stopper, prepare=prepare)
 
 
 def run_folder(settings: RunSettings, progress: ProgressFactory = _no_progress) -> Summary:
