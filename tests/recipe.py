@@ -54,3 +54,21 @@ def write_recipe_weight_files(folder, net: torch.nn.Module | None = None) -> dic
     torch.save({f"module.{k}": v for k, v in net.state_dict().items()}, net_file)
     torch.save(apply_recipe(open_clip.create_model("RN50-quickgelu", pretrained=None)).state_dict(), clip_file)
     return {"weights": str(net_file), "clip": str(clip_file)}
+
+
+def saved_bytes_and_gradients(net, inputs, steps: int, recompute: bool) -> tuple[int, torch.Tensor, dict]:
+    """(bytes autograd saved for the backward pass, each storage once since views share
+    it; loss; gradients) of one training forward and backward of `net.loss`."""
+    saved = {}
+
+    def pack(t):
+        storage = t.untyped_storage()
+        saved[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    net.zero_grad(set_to_none=True)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = net.loss(*inputs, steps, recompute=recompute)
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in net.named_parameters() if p.grad is not None}
+    return sum(saved.values()), loss.detach(), grads

@@ -247,9 +247,9 @@ def test_a_loss_that_turns_nan_stops_the_run_with_last_kept(tmp_path):
         net = IMRHSNet("resnet50", "folder", None, 1, ["yellow_disc"])
         steps, loss = [], net.loss
 
-        def poisoned(*batch):
+        def poisoned(*batch, **options):
             steps.append(len(steps) + 1)
-            return poison(net, len(steps), loss(*batch))
+            return poison(net, len(steps), loss(*batch, **options))
 
         net.loss = poisoned
         return fit(settings, net, split, EpisodeLoader(data, "folder", cams, workers=1), Validation(val, data, 1),

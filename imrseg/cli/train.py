@@ -63,6 +63,11 @@ def train_command(
     micro_batch: Annotated[Optional[int], typer.Option(
         "--micro-batch", help="Episodes per forward pass on one GPU; smaller than its share of --batch-size "
                               "accumulates gradients (the same step, less memory).")] = None,
+    recompute: Annotated[bool, typer.Option(
+        "--recompute/--no-recompute", help="Recompute the 4D correlations and their convolutions in the backward "
+                                           "pass instead of keeping them: far less memory for about one more "
+                                           "forward of the 4D-convolution learner per step; the same step either "
+                                           "way, so a run may change it when continued.")] = True,
     lr: Annotated[Optional[float], typer.Option("--lr", help="Adam's learning rate (default: 4e-4 pascal, "
                                                              "2e-4 coco).")] = None,
     val_episodes: Annotated[int, typer.Option("--val-episodes", help="Validation episodes after each epoch.")] = 1000,
@@ -86,8 +91,9 @@ def train_command(
     settings = TrainSettings(
         benchmark=benchmark.value, fold=fold, backbone=backbone.value if backbone else None, steps=steps,
         epochs=epochs, batch_size=batch_size, lr=lr, val_episodes=val_episodes, seed=seed,
-        precision=precision.value, micro_batch=micro_batch, init=init, data_root=data_root, out=out,
-        splits=splits, val_classes=tuple(n.strip() for v in val_classes or [] for n in v.split(",") if n.strip()),
+        precision=precision.value, micro_batch=micro_batch, recompute=recompute, init=init, data_root=data_root,
+        out=out, splits=splits,
+        val_classes=tuple(n.strip() for v in val_classes or [] for n in v.split(",") if n.strip()),
         val_share=val_share, backbone_weights=backbone_weights, clip_weights=clip_weights,
         hub_namespace=hub_namespace, device=device, workers=workers)
     is_main = current_shard().is_main

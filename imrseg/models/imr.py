@@ -25,7 +25,12 @@ def _gate_convs():
 
 # Input channels of the gates' 1x1 convolutions: [mask | encoded | mid | state].
 _MID = slice(1 + STATE_CHANNELS, 1 + STATE_CHANNELS + MID_CHANNELS)
-_STEP_CHANNELS = [*range(0, _MID.start), *range(_MID.stop, 1 + STATE_CHANNELS + MID_CHANNELS + STATE_CHANNELS)]
+
+
+def _without_mid(weight: torch.Tensor) -> torch.Tensor:
+    """A gate's 1x1 weight without the mid feature's input channels (slices, no index
+    tensor made on the host: nothing stops a CUDA graph capturing a step)."""
+    return torch.cat([weight[:, :_MID.start], weight[:, _MID.stop:]], dim=1)
 
 
 class IterativeMutualRefinement(nn.Module):
@@ -59,9 +64,8 @@ class IterativeMutualRefinement(nn.Module):
         return F.conv2d(mid, weight, bias)
 
     def _step_weights(self):
-        index = torch.tensor(_STEP_CHANNELS, device=self.state.device)
-        zr0 = torch.cat([self.convz0.weight, self.convr0.weight]).index_select(1, index)
-        h0 = self.convh0.weight.index_select(1, index)
+        zr0 = _without_mid(torch.cat([self.convz0.weight, self.convr0.weight]))
+        h0 = _without_mid(self.convh0.weight)
         zr1 = torch.cat([c.weight for c in (self.convz1, self.convz2, self.convr1, self.convr2)])
         zr1_bias = torch.cat([c.bias for c in (self.convz1, self.convz2, self.convr1, self.convr2)])
         h1 = torch.cat([self.convh1.weight, self.convh2.weight])

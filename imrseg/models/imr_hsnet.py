@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from ..data.classes import paper_steps
 from .backbone import SPECS, build_backbone, extract_taps, stage_slices
@@ -73,11 +74,19 @@ class IMRHSNet(IterativeMutualRefinement, PyTorchModelHubMixin,
 
     # -------------------------------------------------------------- refinement
     def refine(self, query: ImageFeatures, support: ImageFeatures, query_cam: torch.Tensor,
-               support_cam: torch.Tensor, steps: int | None = None, with_support: bool = True):
+               support_cam: torch.Tensor, steps: int | None = None, with_support: bool = True,
+               recompute: bool = True):
         """Refine both masks for `steps` iterations; returns per-step lists of
         (B,2,100,100) query and support logits. A support batch of 1 is shared by
         every query. With `with_support=False` the last step's support branch,
         which no query output depends on, is skipped (its entry is None).
+
+        `recompute` (under autograd only): each branch's masked correlation pyramid
+        and 4D-convolution learner are not kept for the backward pass but computed
+        again during it (activation checkpointing), so training holds the 4D
+        correlations of one branch at a time instead of every step's: far less
+        memory for about one more forward of the learner per step, and the very
+        same numbers. It is a way of running, not part of the weights.
 
         Zero-shot passes the query as its own support (the same `support` object and
         the same `support_cam` tensor): the support branch would then repeat the query
@@ -91,10 +100,23 @@ class IMRHSNet(IterativeMutualRefinement, PyTorchModelHubMixin,
         support_mid = support.mid_gates.expand(bsz, -1, -1, -1)
         support_cam = support_cam.expand(bsz, -1, -1)
         cosines = [stage_cosine(q, s) for q, s in zip(query.stages, support.stages)]
-        # Reused correlation buffers are for inference only: under autograd the 4D
-        # convolutions save their input for the backward pass.
-        buffers = ([None] * len(cosines) if torch.is_grad_enabled()
+        # Reused correlation buffers are for eager inference only: under autograd the 4D
+        # convolutions save their input for the backward pass, and torch.compile cannot
+        # view them as it traces.
+        buffers = ([None] * len(cosines) if torch.is_grad_enabled() or torch.compiler.is_compiling()
                    else [torch.empty(c.numel(), dtype=c.dtype, device=c.device) for c in cosines])
+
+        def encoded(q_factors: list, s_factors: list, transpose: bool) -> torch.Tensor:
+            # The factors are arguments, not the loop's variables: a recomputation in
+            # the backward pass must see this step's.
+            return self.hpn_learner([masked_correlation(c, qf, sf, q.size, s.size, transpose, out=buf)
+                                     for c, qf, sf, q, s, buf in zip(cosines, q_factors, s_factors, query.stages,
+                                                                     support.stages, buffers)])
+
+        def encode_branch(q_factors: list, s_factors: list, transpose: bool) -> torch.Tensor:
+            if recompute and torch.is_grad_enabled():
+                return checkpoint(encoded, q_factors, s_factors, transpose, use_reentrant=False)
+            return encoded(q_factors, s_factors, transpose)
 
         # The authors mask the feature lists in place, so masks accumulate over the
         # steps and both sides of every correlation are masked; at the first step the
@@ -110,12 +132,7 @@ class IMRHSNet(IterativeMutualRefinement, PyTorchModelHubMixin,
             last = step == steps - 1
             q_factors = [mask_factor(s, m) for s, m in zip(query.stages, query_masks)]
             s_factors = q_factors if mirror else [mask_factor(s, m) for s, m in zip(support.stages, support_masks)]
-
-            def pyramid(transpose: bool) -> list:
-                return [masked_correlation(c, qf, sf, q.size, s.size, transpose, out=buf) for c, qf, sf, q, s, buf
-                        in zip(cosines, q_factors, s_factors, query.stages, support.stages, buffers)]
-
-            q_logit, query_state = self.refine_step(self.hpn_learner(pyramid(False)), query.mid_gates,
+            q_logit, query_state = self.refine_step(encode_branch(q_factors, s_factors, False), query.mid_gates,
                                                     query_prior, query_state)
             query_logits.append(q_logit)
             if mirror:
@@ -124,7 +141,7 @@ class IMRHSNet(IterativeMutualRefinement, PyTorchModelHubMixin,
                 support_logits.append(None)
                 break
             else:
-                s_logit, support_state = self.refine_step(self.hpn_learner(pyramid(True)), support_mid,
+                s_logit, support_state = self.refine_step(encode_branch(q_factors, s_factors, True), support_mid,
                                                           support_prior, support_state)
             support_logits.append(s_logit)
             if last:
@@ -158,13 +175,14 @@ class IMRHSNet(IterativeMutualRefinement, PyTorchModelHubMixin,
     # ---------------------------------------------------------------- training
     def loss(self, query_img: torch.Tensor, support_img: torch.Tensor, query_cam: torch.Tensor,
              support_cam: torch.Tensor, query_mask: torch.Tensor, support_mask: torch.Tensor,
-             steps: int | None = None) -> torch.Tensor:
+             steps: int | None = None, recompute: bool = True) -> torch.Tensor:
         """The paper's Eq. 7 for one batch of 1-shot episodes: sum over the `steps`
         (default `self.steps`) refinement steps of the query's and the support's
         mean pixel cross-entropy at the (B,H,W) 0/1 masks' size. The gradient
-        reaches every step through the masks each step hands to the next."""
+        reaches every step through the masks each step hands to the next.
+        `recompute`: see `refine` (the same loss and gradients either way)."""
         q_logits, s_logits = self.refine(self.encode(query_img), self.encode(support_img), query_cam,
-                                         support_cam, self.steps if steps is None else steps)
+                                         support_cam, self.steps if steps is None else steps, recompute=recompute)
         return refinement_loss(q_logits, s_logits, query_mask, support_mask)
 
     def train(self, mode: bool = True) -> "IMRHSNet":

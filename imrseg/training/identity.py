@@ -10,7 +10,8 @@ without loading a model). The run folder records it when the run starts
 refused with one line naming each difference (`refusal`).
 
 Not in it: the number of epochs (a larger one continues a run), how a batch is
-spread over processes and forward passes (the same steps), the precision, the
+spread over processes and forward passes (the same steps), whether activations
+are recomputed in the backward pass (the same numbers), the precision, the
 device, the number of decoding threads and where the caches are."""
 from __future__ import annotations
 

@@ -17,7 +17,9 @@ Distributed (torchrun): a batch of B episodes is dealt round-robin to the ranks;
 each rank's loss is weighted by its share of the batch, and DistributedDataParallel
 averages the gradients, so every step is the step of one process on the whole
 batch. A rank's share may be split into micro-batches (gradient accumulation,
-the same step again). Validation is sharded as `imrseg eval` shards it; rank 0
+the same step again), and by default the 4D correlations and learner are
+recomputed in the backward pass rather than kept (`TrainSettings.recompute`, the
+same step again). Validation is sharded as `imrseg eval` shards it; rank 0
 writes.
 """
 from __future__ import annotations
@@ -93,14 +95,14 @@ class Reporter:
 
 class _Objective(nn.Module):
     """The loss as a module's forward: DistributedDataParallel synchronises what goes
-    through its wrapped forward."""
+    through its wrapped forward. `recompute`: `IMRHSNet.refine`'s."""
 
-    def __init__(self, net):
+    def __init__(self, net, recompute: bool = True):
         super().__init__()
-        self.net = net
+        self.net, self.recompute = net, recompute
 
     def forward(self, *batch):
-        return self.net.loss(*batch)
+        return self.net.loss(*batch, recompute=self.recompute)
 
 
 def step_groups(settings: TrainSettings, split: Split, epoch: int, world: int) -> list[list]:
@@ -137,7 +139,7 @@ def _fit(settings: TrainSettings, net, split: Split, loader: EpisodeLoader, vali
     state.origin = state.origin or origin
     if shard.is_main:
         run.record(state.history)  # a run killed after saving last/ and before these
-    objective = _Objective(net)
+    objective = _Objective(net, settings.recompute)
     if shard.distributed:
         objective = nn.parallel.DistributedDataParallel(
             objective, device_ids=[device] if device.type == "cuda" else None, broadcast_buffers=False)

@@ -26,7 +26,8 @@ DEFAULT_EPOCHS = 400
 SETTINGS_VERSION = 1
 # What the trained weights depend on, so a resumed run must match it: not the epoch
 # count (a larger `epochs` continues), nor how a batch is spread over ranks and
-# forward passes (the same gradients), nor the precision, nor where things are.
+# forward passes (the same gradients), nor whether activations are recomputed (the
+# very same numbers), nor the precision, nor where things are.
 RECIPE_FIELDS = ("benchmark", "fold", "backbone", "steps", "batch_size", "lr", "val_episodes", "seed", "init")
 
 
@@ -48,6 +49,10 @@ class TrainSettings:
     seed: int = 0  # of the epochs' episode draws and of a fresh network's initialisation
     precision: str = "fp32"
     micro_batch: int | None = None  # episodes per forward pass on one rank (None: its whole share)
+    # Recompute each branch's 4D correlations and learner in the backward pass instead of
+    # keeping them (`IMRHSNet.refine`): the same step in far less memory, for about one
+    # more forward of the learner per step.
+    recompute: bool = True
     init: str | None = None  # weights to fine-tune (any weights spec); None: a fresh network on ImageNet's
     data_root: Path | None = None  # HSNet's layout (VOC2012/ or COCO2014/), or the folder of classes
     out: Path | None = None  # the run folder; the same settings again continue the run in it
