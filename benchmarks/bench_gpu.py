@@ -12,17 +12,25 @@ memory, in one command (about 5 minutes on an H100/H200).
 3. stages: one batch split into decode, preprocessing, CAM, encode, refine and
    write, and the share of a batch's wall time the GPU is busy (torch.profiler);
 4. training: iterations at batch 8 and 40 in fp32 and bf16: s/iteration,
-   episodes/s and peak memory.
+   episodes/s and peak memory, with recomputation (the default) and without;
+5. speed modes: the network's GPU stages (encode, refine-and-vote) at batch 16 in
+   fp32 and bf16, plain and with channels-last, cudnn.benchmark, torch.compile and
+   CUDA graphs (these two for one stage at a time): ms/query, the speed-up over
+   plain and the share of mask pixels equal to plain's (every flag and the memory
+   format are restored after each mode).
 
 Recipe weights (tests/recipe.py), nothing downloaded. Summary table on stderr, the
-LAST stdout line is one JSON object. `--quick` shrinks every size for a CPU dry run.
+LAST stdout line is one JSON object. `--quick` shrinks every size for a CPU dry run;
+`--only SECTION` (repeatable) runs only those sections.
 
     python benchmarks/bench_gpu.py                  # on the GPU
     python benchmarks/bench_gpu.py --device cpu --quick
+    python benchmarks/bench_gpu.py --only speed_modes
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import os
@@ -31,6 +39,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -42,10 +51,12 @@ from imrseg.clip.cam import ClipCAM
 from imrseg.data.classes import PASCAL_CLASSES
 from imrseg.devices import PRECISIONS, autocast, default_batch_size, float32_mode, is_out_of_memory, resolve_device
 from imrseg.images import load_image
+from imrseg.models.voting import refine_and_vote
 from imrseg.predictor import Predictor
 from imrseg.runner.writing import OutputOptions, write_outputs
 
 GOLDEN = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "golden"
+SECTIONS = ("parity", "segment", "stages", "training", "speed_modes")
 CAM_TARGETS = [11, 14]
 
 
@@ -222,21 +233,26 @@ def gpu_busy_share(fn, device) -> float | None:
 
 # ------------------------------------------------------------------ 4. training
 def training(device, batches: list[int], steps: int, repeats: int) -> dict:
+    """Each configuration with recomputation (`imrseg train`'s default), then without
+    it (keys ending `_no_recompute`: the memory it saves, one timed iteration)."""
     out = {}
     for precision in ("fp32", "bf16"):
         for size in batches:
-            try:
-                out[f"{precision}_b{size}"] = training_speed(device, precision, size, steps, repeats)
-            except RuntimeError as exc:
-                if not is_out_of_memory(exc):
-                    raise
-                out[f"{precision}_b{size}"] = {"error": "out of memory"}
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
+            row = out[f"{precision}_b{size}"] = {}
+            for recompute, suffix in ((True, ""), (False, "_no_recompute")):
+                try:
+                    got = training_speed(device, precision, size, steps, repeats if recompute else 1, recompute)
+                except RuntimeError as exc:
+                    if not is_out_of_memory(exc):
+                        raise
+                    got = {"error": "out of memory"}
+                row.update({k + suffix: v for k, v in got.items()})
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
     return out
 
 
-def training_speed(device, precision: str, size: int, steps: int, repeats: int) -> dict:
+def training_speed(device, precision: str, size: int, steps: int, repeats: int, recompute: bool = True) -> dict:
     """One configuration's iterations (a fresh network and Adam; freed on return)."""
     from bench_train import batch as training_batch, iteration
 
@@ -246,7 +262,7 @@ def training_speed(device, precision: str, size: int, steps: int, repeats: int) 
 
     def step():
         with float32_mode(precision), autocast(device, precision):
-            return iteration(lambda n, *a: n.loss(*a), net, optimizer, inputs, steps)
+            return iteration(lambda n, *a: n.loss(*a, recompute=recompute), net, optimizer, inputs, steps)
 
     with PeakMemory(device) as memory:
         step()
@@ -254,20 +270,231 @@ def training_speed(device, precision: str, size: int, steps: int, repeats: int) 
     return {"s_per_iteration": seconds, "episodes_per_s": size / seconds, "peak_mib": memory.mib}
 
 
+# ------------------------------------------------------------------ 5. speed modes
+SPEED_MODES = ("plain", "channels_last", "cudnn_benchmark", "compile_encode", "compile_refine",
+               "graphs_encode", "graphs_refine")
+# max-autotune's kernel search would spend minutes of the script's 5-minute budget; so
+# would compiling refine twice (over a minute and a half each on a CPU): torch.compile is
+# timed at bf16, the precision a speed-up is wanted at.
+COMPILE_MODE = "default"
+COMPILE_PRECISIONS = ("bf16",)
+SPEED_STEPS = 2
+
+
+class ModeSkipped(Exception):
+    """A speed mode that cannot run on this device; the message says why."""
+
+
+def vote_masks(network, query, cams: torch.Tensor, shots, sizes) -> list[torch.Tensor]:
+    """Refine-and-vote as `model.segment` runs it, with `network.refine` (the model's own
+    or a mode's stand-in), the masks brought to the host."""
+    return [r.mask.cpu() for r in refine_and_vote(network, query, cams, shots, SPEED_STEPS, sizes)]
+
+
+@contextlib.contextmanager
+def speed_mode(name: str, model, device, precision: str, x: torch.Tensor, cams: torch.Tensor, shots, sizes):
+    """(input, encode, refine) of one mode: `encode(input)` gives the query features,
+    `refine(features, cams)` the host masks. torch.compile and CUDA graphs apply to one
+    stage per mode (the other runs as plain), so a stage that cannot be compiled or
+    captured leaves the other's figure standing. The mode's flags and the model's
+    memory format are restored when the block ends, whatever happened in it."""
+    def eager(network):
+        return lambda query, query_cams: vote_masks(network, query, query_cams, shots, sizes)
+
+    if name == "plain":
+        yield x, model.encode, eager(model)
+    elif name == "channels_last":
+        model.to(memory_format=torch.channels_last)
+        try:
+            yield x.contiguous(memory_format=torch.channels_last), model.encode, eager(model)
+        finally:
+            model.to(memory_format=torch.contiguous_format)
+    elif name == "cudnn_benchmark":
+        before = torch.backends.cudnn.benchmark
+        torch.backends.cudnn.benchmark = True
+        try:
+            yield x, model.encode, eager(model)
+        finally:
+            torch.backends.cudnn.benchmark = before
+    elif name in ("compile_encode", "compile_refine"):
+        try:
+            if name == "compile_encode":
+                yield x, torch.compile(model.encode, mode=COMPILE_MODE), eager(model)
+            else:
+                yield x, model.encode, eager(SimpleNamespace(refine=torch.compile(model.refine, mode=COMPILE_MODE)))
+        finally:
+            torch.compiler.reset()
+    elif name == "graphs_encode":
+        static_x = x.clone()
+        graph, features = capture(device, precision, lambda: model.encode(static_x))
+
+        def encode(batch):
+            static_x.copy_(batch)
+            graph.replay()
+            return features
+
+        yield x, encode, eager(model)
+    elif name == "graphs_refine":
+        static_query, static_cams = model.encode(x), cams.clone()
+        graph, logits = capture(device, precision, lambda: {
+            id(f): model.refine(static_query, f, static_cams, c, SPEED_STEPS, with_support=False) for f, c in shots})
+        replayed = SimpleNamespace(refine=lambda query, support, *args, **kwargs: logits[id(support)])
+
+        def refine(query, query_cams):
+            for buffer, value in zip(feature_tensors(static_query), feature_tensors(query)):
+                buffer.copy_(value)
+            static_cams.copy_(query_cams)
+            graph.replay()
+            return vote_masks(replayed, static_query, static_cams, shots, sizes)
+
+        yield x, model.encode, refine
+    else:
+        raise ValueError(f"unknown speed mode {name!r}")
+
+
+def feature_tensors(features) -> list[torch.Tensor]:
+    """Every tensor of a batch's ImageFeatures, in a fixed order."""
+    return [t for stage in features.stages for t in (stage.unit, stage.norm)] + [features.mid_gates]
+
+
+def capture(device, precision: str, fn):
+    """fn() captured as a CUDA graph over the static buffers it reads, after a warm-up
+    on a side stream: (graph, what fn returned, overwritten by each replay)."""
+    if device.type != "cuda":
+        raise ModeSkipped(f"CUDA graphs need a CUDA device; this run is on {device.type}")
+    amp = autocast(device, precision)
+    if isinstance(amp, torch.autocast):  # a replay repeats the captured casts: no cached casts while capturing
+        amp = torch.autocast(device.type, dtype=amp.fast_dtype, cache_enabled=False)
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with amp, torch.cuda.stream(side):
+        fn()
+    torch.cuda.current_stream(device).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with amp, torch.cuda.graph(graph):
+        out = fn()
+    return graph, out
+
+
+def backend_flags() -> tuple:
+    """The torch flags the speed modes and precisions change, to check they were restored."""
+    return (torch.backends.cudnn.benchmark, torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+
+
+def one_line(exc: BaseException) -> str:
+    text = " | ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+    return f"{type(exc).__name__}: {text[:400]}"
+
+
+def speed_modes(device, batch: int, repeats: int) -> dict:
+    """The network's GPU stages, encode and refine-and-vote (the Predictor's model,
+    its support and CAMs), at `batch` queries in fp32 and bf16, for each of
+    SPEED_MODES: ms/query (median of `repeats` after one warm-up, whose time, with the
+    mode's compile, capture or autotuning, is `setup_s`), the speed-up over plain and
+    the share of mask pixels equal to plain's. The supports are encoded once (fp32,
+    plain), so the modes differ in the query's stages only."""
+    before = backend_flags()
+    predictor = Predictor(recipe_network().to(device), ClipCAM(recipe_clip(), device=device), device=device,
+                          steps=SPEED_STEPS, vocabulary=PASCAL_CLASSES)
+    predictor.set_support(images(1, 2), LABEL)
+    pictures = images(batch, 3)
+    x = predictor.network_inputs(pictures)
+    cams = predictor.cams(pictures, [LABEL])[0]
+    shots, sizes = predictor.shots(LABEL), [(p.size[1], p.size[0]) for p in pictures]
+    model = predictor.model
+    out = {"batch": batch, "compile_mode": COMPILE_MODE}
+    for precision in ("fp32", "bf16"):
+        rows, plain = {}, None
+        for name in SPEED_MODES:
+            try:
+                if name.startswith("compile_") and precision not in COMPILE_PRECISIONS:
+                    raise ModeSkipped(f"torch.compile is timed at {', '.join(COMPILE_PRECISIONS)} only")
+                rows[name], masks = speed_row(name, model, device, precision, x, cams, shots, sizes, repeats)
+            except ModeSkipped as exc:
+                rows[name] = {"skipped": str(exc)}
+                continue
+            except Exception as exc:
+                if name == "plain":
+                    raise
+                rows[name] = {"error": one_line(exc)}
+                continue
+            finally:
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+            if plain is None:
+                plain, plain_masks = rows[name], masks
+            row = rows[name]
+            for stage in ("encode", "refine", "total"):
+                row[f"speedup_{stage}"] = plain[f"{stage}_ms"] / row[f"{stage}_ms"]
+            row["mask_equal"] = (sum((a == b).sum().item() for a, b in zip(masks, plain_masks))
+                                 / sum(a.numel() for a in plain_masks))
+        out[precision] = rows
+    out["flags_restored"] = backend_flags() == before and all(p.is_contiguous() for p in model.parameters())
+    return out
+
+
+def speed_row(name: str, model, device, precision: str, x, cams, shots, sizes, repeats: int):
+    """One mode at one precision: its timings and its last masks."""
+    started = time.perf_counter()
+    with torch.inference_mode(), float32_mode(precision), autocast(device, precision), \
+            speed_mode(name, model, device, precision, x, cams, shots, sizes) as (batch, encode, refine):
+        refine(encode(batch), cams)
+        sync(device)
+        setup = time.perf_counter() - started
+        encodes, refines = [], []
+        for _ in range(repeats):
+            encoded = timed(lambda: encode(batch), device)
+            refined = timed(lambda: refine(encoded.result, cams), device)
+            encodes.append(encoded.wall)
+            refines.append(refined.wall)
+    row = {"encode_ms": median(encodes) * 1e3 / len(sizes), "refine_ms": median(refines) * 1e3 / len(sizes)}
+    row["total_ms"] = row["encode_ms"] + row["refine_ms"]
+    row["setup_s"] = setup
+    return row, refined.result
+
+
+def median(values: list[float]) -> float:
+    return sorted(values)[len(values) // 2]
+
+
+def speed_table(result: dict) -> list[str]:
+    lines = [f"speed modes (batch {result['batch']}, ms/query, x = speed-up over plain, torch.compile "
+             f"mode {result['compile_mode']}, flags restored: {result['flags_restored']}):",
+             "| precision | mode | encode | refine | x encode | x refine | x both | masks = plain | setup s |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for precision in ("fp32", "bf16"):
+        for name, row in result[precision].items():
+            if "encode_ms" not in row:
+                lines.append(f"| {precision} | {name} | {row.get('error') or row.get('skipped')} |")
+                continue
+            lines.append(f"| {precision} | {name} | {row['encode_ms']:.2f} | {row['refine_ms']:.2f} | "
+                         f"{row['speedup_encode']:.2f} | {row['speedup_refine']:.2f} | {row['speedup_total']:.2f} | "
+                         f"{row['mask_equal']:.4%} | {row['setup_s']:.1f} |")
+    return lines
+
+
 def table(result: dict) -> str:
-    lines = ["| precision | logits vs CPU fp32 | masks agree | CAM vs CPU fp32 | train loss rel | grads/norm |",
-             "|---|---|---|---|---|---|"]
+    lines = []
+    if "parity" in result:
+        lines += ["| precision | logits vs CPU fp32 | masks agree | CAM vs CPU fp32 | train loss rel | grads/norm |",
+                  "|---|---|---|---|---|---|"]
     for p in PRECISIONS:
-        row = result["parity"].get(p)
+        row = result.get("parity", {}).get(p)
         if row:
             cam = f"{row['cam_maxdiff']:.1e}" if "cam_maxdiff" in row else "(tf32's)"
             lines.append(f"| {p} | {row['logits_maxdiff']:.1e} | {row['mask_agreement']:.4%} | {cam} | "
                          f"{row['train_loss_rel_diff']:.1e} | {row['train_grad_maxdiff_over_norm']:.1e} |")
-    seg = result["segment"]
-    lines.append(f"segment: default (fp32, batch {seg['default_batch']}) {seg['default_fp32']:.1f} queries/s; "
-                 f"bf16 best {seg['bf16_best']:.1f} queries/s {seg['bf16_by_batch']}")
-    lines.append("stages (ms/query): " + ", ".join(f"{k} {v}" for k, v in result["stages"].items()))
-    lines.append("training: " + json.dumps(result["training"]))
+    seg = result.get("segment")
+    if seg:
+        lines.append(f"segment: default (fp32, batch {seg['default_batch']}) {seg['default_fp32']:.1f} queries/s; "
+                     f"bf16 best {seg['bf16_best']:.1f} queries/s {seg['bf16_by_batch']}")
+    if "stages" in result:
+        lines.append("stages (ms/query): " + ", ".join(f"{k} {v}" for k, v in result["stages"].items()))
+    if "training" in result:
+        # One line per configuration: with recomputation, then `_no_recompute`.
+        lines += [f"training {key}: " + json.dumps(row) for key, row in result["training"].items()]
+    if "speed_modes" in result:
+        lines += speed_table(result["speed_modes"])
     return "\n".join(lines)
 
 
@@ -275,23 +502,34 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="auto")
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a dry run on the CPU")
+    parser.add_argument("--only", action="append", choices=SECTIONS, help="run only this section (repeatable)")
     args = parser.parse_args()
     device = resolve_device(args.device)
     torch.manual_seed(0)
     quick = args.quick
+    run = set(args.only or SECTIONS)
     started = time.perf_counter()
     result = {"device": str(device), "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-              "torch": torch.__version__, "parity": parity(device)}
-    with tempfile.TemporaryDirectory() as folder:
-        data = Path(folder)
-        write_recipe_weight_files(data)
-        (data / "supports").mkdir()
-        images(1, 2)[0].save(data / "supports" / "s.jpg")
-        write_queries(data / "stages", 2 if quick else 16)
-        result["segment"] = segment_throughput(data, device, 2 if quick else 32, 4 if quick else 256,
-                                               [2] if quick else [16, 32, 64])
-        result["stages"] = stages(data, device, 2 if quick else 16, "bf16" if device.type == "cuda" else "fp32")
-    result["training"] = training(device, [1, 2] if quick else [8, 40], 2, 1 if quick else 3)
+              "torch": torch.__version__}
+    if "parity" in run:
+        result["parity"] = parity(device)
+    if run & {"segment", "stages"}:
+        with tempfile.TemporaryDirectory() as folder:
+            data = Path(folder)
+            write_recipe_weight_files(data)
+            (data / "supports").mkdir()
+            images(1, 2)[0].save(data / "supports" / "s.jpg")
+            write_queries(data / "stages", 2 if quick else 16)
+            if "segment" in run:
+                result["segment"] = segment_throughput(data, device, 2 if quick else 32, 4 if quick else 256,
+                                                       [2] if quick else [16, 32, 64])
+            if "stages" in run:
+                result["stages"] = stages(data, device, 2 if quick else 16,
+                                          "bf16" if device.type == "cuda" else "fp32")
+    if "training" in run:
+        result["training"] = training(device, [1, 2] if quick else [8, 40], 2, 1 if quick else 3)
+    if "speed_modes" in run:
+        result["speed_modes"] = speed_modes(device, 2 if quick else 16, 1 if quick else 3)
     result["seconds"] = time.perf_counter() - started
     report(result, table(result))
 

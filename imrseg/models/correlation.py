@@ -66,17 +66,20 @@ def masked_correlation(cosine: torch.Tensor, query_factor: torch.Tensor, support
     the support plays the query: (B, hs, ws, hq, wq, L). `out`, a tensor of as many
     elements, is reused for the result (a fresh 100 MB buffer per step costs more
     in page faults than the multiplication itself). When autograd records the
-    factors (training), `out` must be None: the result is then a fresh tensor."""
+    factors (training), `out` must be None: the result is then a fresh tensor, as
+    it is under torch.compile."""
     bsz, nq, ns, layers = cosine.shape
     q = query_factor.transpose(1, 2).unsqueeze(2)  # (B, Nq, 1, L)
     s = support_factor.transpose(1, 2).unsqueeze(1)  # (B, 1, Ns, L)
     if transpose:
         cosine, q, s = cosine.transpose(1, 2), s.transpose(1, 2), q.transpose(1, 2)
         nq, ns, query_size, support_size = ns, nq, support_size, query_size
-    if records_grad(cosine, q, s):
-        if out is not None:
-            raise ValueError("masked_correlation: `out` cannot be used while autograd records the factors")
-        # The same two float32 products as below, so training sees inference's numbers;
+    grad = records_grad(cosine, q, s)
+    if grad and out is not None:
+        raise ValueError("masked_correlation: `out` cannot be used while autograd records the factors")
+    if grad or torch.compiler.is_compiling():
+        # The same two float32 products as below, so training (and what torch.compile
+        # traces: it cannot view a reused buffer) sees eager inference's numbers;
         # contiguous, as the 4D convolutions read it (a transposed cosine gives a
         # transposed product).
         result = (cosine * q * s).contiguous()
