@@ -40,6 +40,9 @@ class StubPredictor:
     def set_supports(self, classes):
         self.labels = list(classes)
 
+    def prepare(self, image: Image.Image) -> Image.Image:
+        return image  # what predict_classes takes: the image itself
+
     def predict_classes(self, images, steps=None, sizes=None, keep=HOST_RESULTS):
         assert set(keep) <= set(HOST_RESULTS)
         out = []
