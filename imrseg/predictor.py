@@ -26,7 +26,7 @@ from .clip.vocabulary import class_vocabulary
 from .multiclass import check_class_count, check_distinct_labels, index_mask
 from .models import IMRHSNet
 from .scores import query_score
-from .transforms import CAM_SIZE, mask_to_cam, network_pixels, normalise, to_device
+from .transforms import CAM_SIZE, device_batch, mask_to_cam, network_pixels
 from .clip.vocabulary import DEFAULT_TEMPLATE
 
 
@@ -270,8 +270,7 @@ class Predictor:
         """The images (or their `network_pixels`) as the network's normalised
         (N, 3, 400, 400) batch on the predictor's device: uint8 crosses to the device,
         normalised there."""
-        pixels = [im if isinstance(im, torch.Tensor) else network_pixels(im) for im in images]
-        return normalise(to_device(pixels, self.device))
+        return device_batch(images, network_pixels, self.device)
 
 
 def _prediction(result, cam: torch.Tensor, keep: set[str]) -> Prediction:

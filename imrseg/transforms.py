@@ -9,7 +9,7 @@ GPU run copies bytes, not floats, and every device gets the same values."""
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import cv2
 import numpy as np
@@ -54,6 +54,14 @@ def to_device(pixels: Sequence[torch.Tensor], device: torch.device) -> torch.Ten
     if device.type == "cuda":
         return batch.pin_memory().to(device, non_blocking=True)
     return batch.to(device)
+
+
+def device_batch(images: Sequence, pixels_of: Callable[[Image.Image], torch.Tensor], device: torch.device,
+                 mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:
+    """PIL images (made uint8 by `pixels_of`) or uint8 pixels made ahead, as one
+    normalised batch on `device` (`to_device`, then `normalise` there)."""
+    pixels = [im if isinstance(im, torch.Tensor) else pixels_of(im) for im in images]
+    return normalise(to_device(pixels, device), mean, std)
 
 
 def _pixels(image: Image.Image) -> torch.Tensor:

@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from ..errors import InputError
-from ..transforms import CAM_SIZE, CLIP_MEAN, CLIP_MODES, CLIP_STD, clip_input, clip_pixels, normalise, to_device
+from ..transforms import CAM_SIZE, CLIP_MEAN, CLIP_MODES, CLIP_STD, clip_input, clip_pixels, device_batch
 from .vocabulary import DEFAULT_TEMPLATE, check_template
 
 CAM_MODES = CLIP_MODES
@@ -106,8 +106,7 @@ class ClipCAM:
     def batch(self, images: Sequence[Image.Image | torch.Tensor]) -> torch.Tensor:
         """PIL images, or their `pixels`, as the normalised (N, 3, S, S) batch on the
         CAM's device (normalised there)."""
-        pixels = [im if isinstance(im, torch.Tensor) else self.pixels(im) for im in images]
-        return normalise(to_device(pixels, self.device), CLIP_MEAN, CLIP_STD)
+        return device_batch(images, self.pixels, self.device, CLIP_MEAN, CLIP_STD)
 
     def probabilities(self, batch: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         """Softmax over 100 x cosine similarity of a preprocessed batch against unit
