@@ -121,10 +121,20 @@ class _ResolveHandler(BaseHTTPRequestHandler):
         pass
 
 
+def no_drive(*args, **options):
+    raise ConnectionError("no network in the tests")
+
+
 @pytest.fixture(autouse=True)
 def isolated_hf(monkeypatch, tmp_path):
-    """A fresh HF cache per test, no offline flag or namespace from the caller's
-    environment, and a Hub endpoint on a closed local port unless `fake_hub` is used."""
+    """A fresh HF cache and imrseg cache per test, no offline flag or namespace from the
+    caller's environment, a Hub endpoint on a closed local port unless `fake_hub` is
+    used, and Google Drive out of reach unless test_release's fake is used."""
+    import gdown
+
+    monkeypatch.setattr(gdown, "download_folder", no_drive)
+    monkeypatch.setattr(gdown, "download", no_drive)
+    monkeypatch.setenv(paths.CACHE_ENV, str(tmp_path / "imrseg-cache"))
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-cache"))
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
@@ -197,7 +207,7 @@ def test_registry_has_one_entry_per_official_checkpoint():
         assert entry.paper_miou == PAPER_1SHOT[(entry.backbone, entry.benchmark)][entry.fold]
         assert entry.repo_id == f"imrseg/{entry.name}" and entry.revision == "main"
         assert entry.filename == "model.safetensors" and entry.sha256 == ""
-        assert entry.source == DRIVE
+        assert entry.source == DRIVE and entry.file_id == ""
     assert registry.paper["arxiv"] == "2303.05646"
 
 
@@ -222,7 +232,7 @@ def test_specs_name_a_folder_a_file_a_registry_entry_or_a_hub_repo(converted, mo
     patch_entry(monkeypatch, sha256=converted.sha256)  # as when published
     assert hub.locate_weights(str(converted.folder)).kind == "folder"
     assert hub.locate_weights(str(converted.pt)).kind == "official"
-    assert hub.locate_weights(None).spec == hub.DEFAULT_WEIGHTS
+    assert hub.locate_weights(None).spec == hub.DEFAULT_WEIGHTS == "imr-hsnet-resnet50-coco-fold2"
     source = hub.locate_weights(NAME)
     assert (source.kind, source.repo_id, source.revision) == ("registry", REPO, "main")
     source = hub.locate_weights("someone/weights@v2")
@@ -481,21 +491,22 @@ def test_clip_files_of_any_kind_are_one_line_errors(tmp_path):
 
 
 # ------------------------------------------------------- unpublished, unreachable
-def test_unpublished_entries_are_known_without_the_network(fake_hub):
+def test_unpublished_entries_go_to_the_authors_release_not_the_hub(fake_hub):
     import time
 
     started = time.perf_counter()
-    with pytest.raises(ImrsegError) as err:
+    with pytest.raises(NetworkError) as err:  # Drive is out of reach here
         hub.resolve_weights(None)
     message = str(err.value)
-    for expected in (f"the default checkpoint {NAME}", "ResNet-50 PASCAL-5i fold 0", DRIVE,
-                     "`weights` best_model.pt",
-                     f"`imrseg weights import best_model.pt --out {NAME} --benchmark pascal --fold 0`"):
+    default = hub.DEFAULT_WEIGHTS
+    for expected in (f"{default}: listing {DRIVE} from the authors' release failed: cannot reach Google Drive",
+                     "download that fold's best_model.pt by hand", "`weights` best_model.pt",
+                     f"`imrseg weights import best_model.pt --out {default} --benchmark coco --fold 2`"):
         assert expected in message
-    assert "weights download" not in message
+    assert "\n" not in message
     with pytest.raises(ImrsegError, match=f"imr-hsnet-vgg16-coco-fold2: the authors' VGG-16 COCO-20i fold 2 "
-                                          f"checkpoint is not on the Hub yet; .*{DRIVE}"):
-        hub.fetch_weights(hub.locate_weights("imr-hsnet-vgg16-coco-fold2"))
+                                          f"checkpoint is not on the Hub yet; `source` authors .*{DRIVE}"):
+        hub.fetch_weights(hub.locate_weights("imr-hsnet-vgg16-coco-fold2"), "hub")
     assert fake_hub.requests == [] and time.perf_counter() - started < 5
 
 

@@ -38,7 +38,8 @@ def test_list_shows_the_registry(cli, monkeypatch):
     assert [r["name"] for r in rows] == list(hub.load_registry().entries)
     assert rows[0] == {"name": NAME, "backbone": "resnet50", "benchmark": "pascal", "fold": 0, "steps": 2,
                        "paper_miou": 62.6, "repo_id": REPO, "revision": "main", "filename": "model.safetensors",
-                       "sha256": "", "source": DRIVE, "on_hub": False, "cached": False}
+                       "sha256": "", "source": DRIVE, "file_id": "", "on_hub": False, "cached": False,
+                       "cached_from": None}
     monkeypatch.setenv("COLUMNS", "200")
     table = cli("weights", "list", "--hub-namespace", "lab").out
     assert all(name in table for name in hub.load_registry().entries)
@@ -55,8 +56,7 @@ def test_list_marks_the_entries_not_on_the_hub(cli, monkeypatch):
     assert [line for line in lines if NAME in line and "unpublished" in line] == []
     assert len([line for line in lines if "unpublished" in line and "imr-hsnet-" in line]) == 15
     words = " ".join(out.split())  # the note below the table, however it is wrapped
-    assert f"not on the Hub yet; download the fold's best_model.pt from the authors' release ({DRIVE})" in words
-    assert "pass --weights best_model.pt" in words
+    assert f"not on the Hub yet; fetched from the authors' release ({DRIVE}) on first use" in words
 
 
 def test_download_fetches_weights_and_clip_then_list_marks_them(cli, fake_hub, converted, monkeypatch):
@@ -74,9 +74,12 @@ def test_download_fetches_weights_and_clip_then_list_marks_them(cli, fake_hub, c
 
 def test_download_all(cli, fake_hub, monkeypatch):
     fake_hub.publish(TINY_CLIP, tiny_clip_repo())
-    result = cli("weights", "download", "--all", "--clip-weights", TINY_CLIP)  # nothing is published yet
-    assert result.code == 0 and result.out.startswith(f"CLIP {TINY_CLIP}: ") and len(result.out.splitlines()) == 1
-    assert "imrseg: note: 16 of the 16 registry entries are not on the Hub yet" in result.err
+    result = cli("weights", "download", "--all", "--clip-weights", TINY_CLIP)  # nothing published: the authors'
+    assert result.code == 4 and result.out == "" and len(result.err.splitlines()) == 1
+    assert result.err.startswith(f"imrseg: error: {NAME}: listing {DRIVE} from the authors' release failed")
+    result = cli("weights", "download", "--all", "--source", "hub", "--clip-weights", TINY_CLIP)
+    assert result.code == 2 and f"{NAME}: the authors' ResNet-50 PASCAL-5i fold 0 checkpoint is not on the Hub yet; " \
+        "--source authors (or auto) fetches it" in result.err
 
     patch_entry(monkeypatch, None, sha256=hashlib.sha256(b"w").hexdigest())
     for entry in hub.load_registry().entries.values():  # downloading does not load, so any bytes do
@@ -192,8 +195,8 @@ def test_errors_are_one_line(cli, fake_hub, monkeypatch, tmp_path):
     result = cli("weights", "info", tmp_path / "notes.txt")
     assert result.code == 2 and len(result.err.splitlines()) == 1
     assert result.err.startswith(f"imrseg: error: {tmp_path / 'notes.txt'}: not a readable PyTorch checkpoint")
-    result = cli("weights", "download", NAME)  # not published: said at once, with the authors' file instead
-    assert result.code == 2 and len(result.err.splitlines()) == 1 and result.out == ""
+    result = cli("weights", "download", NAME)  # not published: the authors' release, out of reach here
+    assert result.code == 4 and len(result.err.splitlines()) == 1 and result.out == ""
     assert all(words in result.err for words in (DRIVE, "--weights best_model.pt", "imrseg weights import"))
     patch_entry(monkeypatch, sha256="ab" * 32)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

@@ -35,6 +35,14 @@ TrainBenchmark = choices("TrainBenchmark", TRAIN_BENCHMARKS)
 Backbone = choices("Backbone", BACKBONE_TITLES)
 
 
+class Origin(str, Enum):
+    """Where a registry entry comes from (the library's `hub.ORIGINS`)."""
+
+    auto = "auto"
+    hub = "hub"
+    authors = "authors"
+
+
 class CamMode(str, Enum):
     official = "official"
     full = "full"

@@ -10,11 +10,11 @@ import typer
 
 from . import app
 from ..data.classes import BENCHMARK_TITLES, NUM_FOLDS
-from .options import Benchmark, ClipWeightsOption, HubNamespaceOption, JsonOption
+from .options import Benchmark, ClipWeightsOption, HubNamespaceOption, JsonOption, Origin
 
 weights_app = typer.Typer(
     name="weights",
-    help="List, download, import and publish IMR-HSNet checkpoints (Hugging Face Hub).",
+    help="List, download, import and publish IMR-HSNet checkpoints (Hugging Face Hub, the authors' release).",
     no_args_is_help=True,
 )
 app.add_typer(weights_app)
@@ -39,19 +39,22 @@ def _table(title: str, rows) -> None:
 
 @weights_app.command("list", epilog="Examples:\n\n  imrseg weights list\n\n  imrseg weights list --json")
 def list_weights(namespace: HubNamespaceOption = None, as_json: JsonOption = False) -> None:
-    """The registry of official checkpoints, marking those already in the cache and
-    those not on the Hub yet (for which the authors' own file is used)."""
+    """The registry of official checkpoints, marking those already cached and where
+    from (the Hub, or the authors' release), and those not on the Hub yet (fetched
+    from the authors' release)."""
     from dataclasses import asdict
 
     from rich.table import Table
 
-    from ..hub import is_cached, load_registry
+    from ..hub import cached_from, load_registry
+    from ..paths import cache_root
 
     rows = []
     for entry in load_registry().entries.values():
         repo_id, revision = entry.location(namespace)
+        origin = cached_from(entry, namespace)
         rows.append({**asdict(entry), "repo_id": repo_id, "revision": revision,
-                     "on_hub": entry.on_hub(namespace), "cached": is_cached(entry, namespace)})
+                     "on_hub": entry.on_hub(namespace), "cached": origin is not None, "cached_from": origin})
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
@@ -66,44 +69,51 @@ def list_weights(namespace: HubNamespaceOption = None, as_json: JsonOption = Fal
     for row in rows:
         miou = f"{row['paper_miou']:.1f}" if row["paper_miou"] is not None else "-"
         revision = row["revision"] if row["on_hub"] else "unpublished"
-        cells = [row["name"], str(row["steps"]), miou, revision, "yes" if row["cached"] else "-"]
+        cells = [row["name"], str(row["steps"]), miou, revision, row["cached_from"] or "-"]
         table.add_row(*cells, *([] if uniform else [row["repo_id"]]))
     _console().print(table)
     sources = sorted({row["source"] for row in rows if not row["on_hub"]})
     if sources:
-        _console().print(f"unpublished: not on the Hub yet; download the fold's best_model.pt from the authors' "
-                         f"release ({', '.join(sources)}) and pass --weights best_model.pt, or convert it once "
-                         "with `imrseg weights import`")
+        _console().print(f"unpublished: not on the Hub yet; fetched from the authors' release ({', '.join(sources)}) "
+                         "on first use, or ahead with `imrseg weights download NAME`; cached from authors: converted "
+                         f"in {cache_root() / 'weights'}")
 
 
-@weights_app.command("download", epilog="Examples:\n\n  imrseg weights download imr-hsnet-resnet50-pascal-fold0\n\n  imrseg weights download --all\n\n  HF_HOME=/data/hf imrseg weights download imr-hsnet-vgg16-coco-fold2")
+@weights_app.command("download", epilog="Examples:\n\n  imrseg weights download imr-hsnet-resnet50-pascal-fold0\n\n  imrseg weights download --all\n\n  imrseg weights download imr-hsnet-vgg16-coco-fold2 --source authors --file-id FILE_ID\n\n  HF_HOME=/data/hf imrseg weights download imr-hsnet-vgg16-coco-fold2")
 def download(
     names: Annotated[Optional[list[str]], typer.Argument(
         metavar="NAME", help="Registry names or Hub repo ids (owner/name, @revision optional); none: only "
                           "the CLIP weights.",
         show_default=False)] = None,
     all_entries: Annotated[bool, typer.Option("--all", help="Every registry entry.")] = False,
+    source: Annotated[Origin, typer.Option(
+        "--source", help="Where registry entries come from: hub (published entries), authors (their Google "
+                         "Drive release, converted once into imrseg's cache) or auto (the caches, then the Hub, "
+                         "then the authors).")] = Origin.auto,
+    file_id: Annotated[Optional[str], typer.Option(
+        "--file-id", metavar="ID", help="The Drive file id of the one entry's best_model.pt in the authors' "
+                                        "release, when its path there does not name it alone.",
+        show_default=False)] = None,
+    refresh: Annotated[bool, typer.Option(
+        "--refresh", help="Download from the authors' release again, accepting a file that differs from the "
+                          "one converted before.")] = False,
     clip_weights: ClipWeightsOption = None,
     namespace: HubNamespaceOption = None,
 ) -> None:
-    """Fetch checkpoints, and always the CLIP weights, into the Hugging Face cache (for offline use)."""
-    import warnings
-
-    from ..errors import InputError, Note
+    """Fetch checkpoints, and always the CLIP weights, for offline use: from the Hub into the
+    Hugging Face cache, or from the authors' release into imrseg's cache."""
+    from ..errors import InputError
     from ..hub import fetch_clip, fetch_weights, load_registry, locate_clip, locate_weights
 
     if all_entries and names:
         raise InputError("pass checkpoint names or --all, not both")
-    specs = names or []
-    if all_entries:
-        entries = load_registry().entries.values()
-        specs = [e.name for e in entries if e.on_hub(namespace)]
-        if len(specs) < len(entries):
-            warnings.warn(Note(f"{len(entries) - len(specs)} of the {len(entries)} registry entries are not on the "
-                               "Hub yet, so not downloaded (see `imrseg weights list`)"))
+    specs = list(load_registry().entries) if all_entries else names or []
+    if file_id is not None and len(specs) != 1:
+        raise InputError("`file_id` names the file of one checkpoint: pass exactly one name with it")
     for spec in specs:
-        files = fetch_weights(locate_weights(spec, namespace))
-        typer.echo(f"{spec}: {files.weights} (sha256 {files.sha256})")
+        files = fetch_weights(locate_weights(spec, namespace), source.value, file_id, refresh)
+        where = f", from {files.release}" if files.release else ""
+        typer.echo(f"{spec}: {files.weights} (sha256 {files.sha256}{where})")
     clip = locate_clip(clip_weights)
     typer.echo(f"CLIP {clip.spec}: {fetch_clip(clip)[0]}")
 

@@ -36,7 +36,7 @@ def hf_offline() -> bool:
     return hf_constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").upper() in {"1", "ON", "YES", "TRUE"}
 
 
-class _RichBar:
+class ProgressBar:
     """The download bar, drawn by rich on stderr, with the part of tqdm's interface
     that hf_hub_download drives (it also passes tqdm's unit options, ignored here)."""
 
@@ -56,7 +56,7 @@ class _RichBar:
     def close(self) -> None:
         self._progress.stop()
 
-    def __enter__(self) -> "_RichBar":
+    def __enter__(self) -> "ProgressBar":
         return self
 
     def __exit__(self, *exc) -> None:
@@ -87,7 +87,7 @@ def fetch(repo_id: str, filename: str, revision: str | None = None, *, spec: str
             return Path(hf_hub_download(
                 repo_id, filename, revision=revision, cache_dir=cache_dir, endpoint=endpoint,
                 local_files_only=offline or unreachable is not None, library_name="imrseg",
-                library_version=__version__, tqdm_class=None if are_progress_bars_disabled() else _RichBar))
+                library_version=__version__, tqdm_class=None if are_progress_bars_disabled() else ProgressBar))
     except RepositoryNotFoundError:
         raise ImrsegError(f"{spec}: Hub repository {repo_id} not found at {endpoint} (or it is private: "
                           "log in with `hf auth login`)") from None

@@ -1,6 +1,6 @@
 """Turning an authors' `best_model.pt` into the Hub layout (config.json +
 model.safetensors + a model card) and publishing such a folder. Kept apart from
-the loading side: only `imrseg weights import/push` need it."""
+the loading side: only `imrseg weights import/push` and the authors' release need it."""
 from __future__ import annotations
 
 import os
@@ -26,6 +26,18 @@ def checkpoint_config(backbone: str, benchmark: str | None = None, fold: int | N
             "class_names": fold_class_names(benchmark, fold) if fold is not None else None}
 
 
+def convert_official(checkpoint: str | os.PathLike, benchmark: str | None = None, fold: int | None = None):
+    """(config.json's content, the model) of an authors' best_model.pt, loaded strictly:
+    its backbone read from its keys, every tensor's name and shape that network's."""
+    from ..models.checkpoint import infer_backbone, load_into, read_state_dict
+
+    state_dict = read_state_dict(checkpoint)
+    config = checkpoint_config(infer_backbone(state_dict, os.fspath(checkpoint)), benchmark, fold)
+    model = build_model(config, os.fspath(checkpoint))
+    load_into(model, state_dict, os.fspath(checkpoint))
+    return config, model
+
+
 def import_official(checkpoint: str | os.PathLike, out: str | os.PathLike, benchmark: str | None = None,
                     fold: int | None = None) -> WeightsInfo:
     """Convert an authors' best_model.pt into a folder in the Hub layout
@@ -33,12 +45,7 @@ def import_official(checkpoint: str | os.PathLike, out: str | os.PathLike, bench
     `out` is written through the guard: held by this run alone, no link below it
     followed, and a file there that imrseg did not write refused (before any is
     written); a folder imported into before has its files replaced."""
-    from ..models.checkpoint import infer_backbone, load_into, read_state_dict
-
-    state_dict = read_state_dict(checkpoint)
-    config = checkpoint_config(infer_backbone(state_dict, os.fspath(checkpoint)), benchmark, fold)
-    model = build_model(config, os.fspath(checkpoint))
-    load_into(model, state_dict, os.fspath(checkpoint))
+    config, model = convert_official(checkpoint, benchmark, fold)
     with OwnedFolder(out, parameter="out", overwrite=None) as folder:
         folder.claim([CONFIG_FILE, WEIGHTS_FILE, CARD_FILE])
         folder.write(CONFIG_FILE, config_bytes(config))

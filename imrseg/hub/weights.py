@@ -1,6 +1,8 @@
 """IMR-HSNet weights from any `--weights` spec: a registry name, a Hub repo id, a
 folder in the Hub layout (config.json + model.safetensors) or an authors'
-`best_model.pt`. `resolve_weights` gives the loaded model and what it is;
+`best_model.pt`. A registry name is found in the HF cache, then imrseg's cache of
+the authors' release, then on the Hub (published entries), then in the authors'
+release itself (`release`). `resolve_weights` gives the loaded model and what it is;
 `resolve_steps` is the one rule for how many refinement steps a run uses."""
 from __future__ import annotations
 
@@ -11,15 +13,16 @@ from pathlib import Path
 
 from ..durable import file_sha256
 from ..data.classes import BACKBONE_TITLES, paper_steps
-from ..errors import CheckpointError, ImrsegError, InputError, Note, one_line, show_path
+from ..errors import CheckpointError, ImrsegError, InputError, NetworkError, Note, one_line, show_path
 from ..guard import Fields
 from ..paths import hf_cache_dir
-from .download import COMMIT, fetch, is_repo_id, looks_like_path, snapshot_commit
+from .download import COMMIT, fetch, hf_offline, is_repo_id, looks_like_path, snapshot_commit
 from .registry import DEFAULT_WEIGHTS, RegistryEntry, load_registry
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_KEYS = ("backbone", "benchmark", "fold", "steps", "class_names")
+ORIGINS = ("auto", "hub", "authors")  # where a registry entry may come from
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,7 @@ class WeightsFiles:
     config: Path
     weights: Path
     sha256: str
+    release: str | None = None  # for a copy of the authors' release: where it came from
 
 
 @dataclass
@@ -58,8 +62,11 @@ class WeightsInfo:
     revision: str | None = None  # as asked for
     commit: str | None = None  # the commit the cached files belong to
     paper_miou: float | None = None
+    release: str | None = None  # the authors' file it was converted from, for a registry entry fetched there
 
     def origin(self) -> str:
+        if self.release:
+            return f"{self.release}, converted at {self.path}"
         if self.repo_id:
             commit = f" (commit {self.commit})" if self.commit else ""
             return f"hf://{self.repo_id}@{self.revision or 'main'}{commit}, cached at {self.path}"
@@ -71,9 +78,8 @@ class WeightsInfo:
 
 def locate_weights(spec: str | None = None, namespace: str | None = None) -> WeightsSource:
     """Read a spec: an existing folder (Hub layout) or file (authors' best_model.pt),
-    a registry name, or a Hub repo id with an optional @revision. A registry entry with
-    no published copy is refused here, with where the authors' file is."""
-    default, spec = not spec, spec or DEFAULT_WEIGHTS
+    a registry name, or a Hub repo id with an optional @revision."""
+    spec = spec or DEFAULT_WEIGHTS
     path = Path(spec).expanduser()
     if path.is_dir():
         return WeightsSource(spec, "folder", path=path)
@@ -82,8 +88,6 @@ def locate_weights(spec: str | None = None, namespace: str | None = None) -> Wei
     registry = load_registry()
     if spec in registry.entries:
         entry = registry.entries[spec]
-        if not entry.on_hub(namespace):  # known here: no request would find it
-            raise ImrsegError(entry.not_on_hub(default))
         repo_id, revision = entry.location(namespace)
         return WeightsSource(spec, "registry", entry=entry, repo_id=repo_id, revision=revision)
     repo_id, _, revision = spec.partition("@")
@@ -96,9 +100,13 @@ def locate_weights(spec: str | None = None, namespace: str | None = None) -> Wei
     raise ImrsegError(f"{spec}: not a registry name, Hub repo id (owner/name[@revision]) or existing path; {hint}")
 
 
-def fetch_weights(source: WeightsSource) -> WeightsFiles:
+def fetch_weights(source: WeightsSource, origin: str = "auto", file_id: str | None = None,
+                  refresh: bool = False) -> WeightsFiles:
     """config.json and model.safetensors of a Hub-layout source, downloaded if need be,
-    with the registry's sha256 checked. A mismatch leaves the cached file alone."""
+    with the registry's sha256 checked (a mismatch leaves the cached file alone). A
+    registry entry comes from where `origin` allows ("auto": the HF cache, imrseg's
+    cache of the authors' release, the Hub for a published entry, the authors' release);
+    `file_id` and `refresh` are the authors' release's (see `release.fetch_release`)."""
     if source.kind == "folder":
         config, weights = source.path / CONFIG_FILE, source.path / WEIGHTS_FILE
         missing = [p.name for p in (config, weights) if not p.is_file()]
@@ -109,6 +117,39 @@ def fetch_weights(source: WeightsSource) -> WeightsFiles:
         return WeightsFiles(config, weights, file_sha256(weights))
     if source.kind not in ("registry", "hub"):
         raise ImrsegError(f"{source.spec}: a local checkpoint, nothing to download")
+    if source.entry is not None:
+        return _fetch_entry(source, origin, file_id, refresh)
+    return _fetch_hub(source)
+
+
+def _fetch_entry(source: WeightsSource, origin: str, file_id: str | None, refresh: bool) -> WeightsFiles:
+    from .release import cached_release, fetch_release
+
+    entry = source.entry
+    if origin not in ORIGINS:
+        raise InputError(f"`source` must be one of {', '.join(ORIGINS)}, not {origin!r}")
+    if origin == "hub" and (file_id or refresh):
+        raise InputError("`file_id` and `refresh` are for the authors' release, not `source` hub")
+    on_hub = origin != "authors" and not (file_id or refresh) and (
+        entry.published or source.repo_id != entry.repo_id)
+    if origin == "hub" and not on_hub:
+        raise ImrsegError(entry.not_on_hub())
+    if on_hub and _in_hf_cache(source.repo_id, source.revision, (CONFIG_FILE, entry.filename)):
+        return _fetch_hub(source)
+    if origin != "hub" and not (file_id or refresh):
+        cached = cached_release(entry)
+        if cached is not None:
+            return cached
+    if on_hub:
+        try:
+            return _fetch_hub(source)
+        except NetworkError:
+            if origin == "hub" or hf_offline():  # offline, the authors' release is out of reach too
+                raise
+    return fetch_release(entry, source.spec, file_id, refresh)
+
+
+def _fetch_hub(source: WeightsSource) -> WeightsFiles:
     entry = source.entry
     pinned = entry is not None or bool(source.revision and COMMIT.fullmatch(source.revision))
     options = {"spec": source.spec, "download": f"imrseg weights download {source.spec}", "cache_first": pinned}
@@ -195,31 +236,46 @@ def resolve_weights(spec: str | None = None, namespace: str | None = None, devic
         from ..models import IMRHSNet
 
         model, weights, sha256 = IMRHSNet.from_official(source.path), source.path, file_sha256(source.path)
+        release = None
     else:
         files = fetch_weights(source)
         from ..models.checkpoint import load_into  # after fetching: an unusable spec fails before torch loads
 
         model = build_model(read_config(files.config, source.spec), source.spec)
         load_into(model, _load_safetensors(files.weights, source.spec), str(files.weights))
-        weights, sha256 = files.weights, files.sha256
+        weights, sha256, release = files.weights, files.sha256, files.release
     model = model.to(device).eval()
     entry = source.entry or load_registry().find(model.backbone_name, model.benchmark, model.fold)
     info = WeightsInfo(
         spec=source.spec, kind=source.kind, path=str(weights), sha256=sha256, backbone=model.backbone_name,
         benchmark=model.benchmark, fold=model.fold, steps=model.steps, class_names=model.class_names,
         parameters=sum(p.numel() for p in model.parameters()),
-        name=source.entry.name if source.entry else None, repo_id=source.repo_id, revision=source.revision,
-        commit=snapshot_commit(Path(weights)) if source.repo_id else None,
-        paper_miou=entry.paper_miou if entry else None)
+        name=source.entry.name if source.entry else None, repo_id=None if release else source.repo_id,
+        revision=None if release else source.revision,
+        commit=snapshot_commit(Path(weights)) if source.repo_id and not release else None,
+        paper_miou=entry.paper_miou if entry else None, release=release)
     return model, info
 
 
+def cached_from(entry: RegistryEntry, namespace: str | None = None) -> str | None:
+    """Where the cached copy of an entry came from: "hub" (the HF cache), "authors"
+    (imrseg's cache of their release), or None when neither holds it."""
+    from .release import cached_release
+
+    if _in_hf_cache(*entry.location(namespace), (CONFIG_FILE, entry.filename)):
+        return "hub"
+    return "authors" if cached_release(entry, verify=False) is not None else None
+
+
 def is_cached(entry: RegistryEntry, namespace: str | None = None) -> bool:
+    return cached_from(entry, namespace) is not None
+
+
+def _in_hf_cache(repo_id: str, revision: str | None, files) -> bool:
     from huggingface_hub import try_to_load_from_cache
 
-    repo_id, revision = entry.location(namespace)
     return all(isinstance(try_to_load_from_cache(repo_id, f, cache_dir=hf_cache_dir(), revision=revision), str)
-               for f in (CONFIG_FILE, entry.filename))
+               for f in files)
 
 
 def resolve_steps(info: WeightsInfo, requested: int | None = None, benchmark: str | None = None) -> int:
