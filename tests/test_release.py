@@ -257,6 +257,11 @@ def test_a_later_download_that_differs_is_refused_unless_refresh(cli, fake_drive
 
 def test_source_choices_are_the_library_s():
     assert [o.value for o in options.Origin] == list(hub.ORIGINS)
+    for asked in ({"origin": "authors"}, {"file_id": "1AbC"}, {"refresh": True}):
+        with pytest.raises(ImrsegError, match="someone/weights: not a registry name; the authors' release"):
+            hub.fetch_weights(hub.locate_weights("someone/weights"), **asked)
+    with pytest.raises(ImrsegError, match="`source` must be one of auto, hub, authors, not 'drive'"):
+        hub.fetch_weights(hub.locate_weights(NAME), "drive")
 
 
 # ------------------------------------------------------------ the README's first command

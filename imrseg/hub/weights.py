@@ -119,6 +119,9 @@ def fetch_weights(source: WeightsSource, origin: str = "auto", file_id: str | No
         raise ImrsegError(f"{source.spec}: a local checkpoint, nothing to download")
     if source.entry is not None:
         return _fetch_entry(source, origin, file_id, refresh)
+    if file_id or refresh or origin == "authors":
+        raise InputError(f"{source.spec}: not a registry name; the authors' release (`source` authors, `file_id`, "
+                         "`refresh`) holds only the registry's checkpoints")
     return _fetch_hub(source)
 
 
