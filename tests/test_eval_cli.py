@@ -275,18 +275,19 @@ def test_the_report_is_never_written_over_a_user_file_or_through_a_link(cli, tmp
     # Found before anything is evaluated, not after.
     (["--fold", "0", "--report", "VOC2012"], "VOC2012: --report is a folder; give a file name"),
     (["--fold", "0", "--report", "taken/report.json"], "taken/report.json: --report cannot be written there"),
-    # Not on the Hub yet: said before any model loads or any split is fetched.
-    (["--fold", "1"], "imr-hsnet-resnet50-pascal-fold1: the authors' ResNet-50 PASCAL-5i fold 1 checkpoint is not "
-                      "on the Hub yet"),
+    # Weights out of reach (offline, not cached): said before any model loads or any split is fetched.
+    (["--fold", "1"], "imr-hsnet-resnet50-pascal-fold1: offline (HF_HUB_OFFLINE is set) and the authors' ResNet-50 "
+                      "PASCAL-5i fold 1 checkpoint is not in imrseg's cache"),
 ])
 def test_errors_are_one_line(args, message, tmp_path):
     for kind in ("JPEGImages", "SegmentationClassAug"):
         (tmp_path / "VOC2012" / kind).mkdir(parents=True)
     (tmp_path / "taken").write_text("a file, not a folder\n")
-    env = {**os.environ, "IMRSEG_CACHE": str(tmp_path), "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env = {**os.environ, "IMRSEG_CACHE": str(tmp_path), "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+           "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run([sys.executable, "-m", "imrseg", "eval", "--benchmark", "pascal", "--data-root", ".",
                            *args], capture_output=True, text=True, cwd=tmp_path, env=env)
-    assert proc.returncode == 2
+    assert proc.returncode == (4 if "offline" in message else 2)
     assert proc.stderr.count("\n") == 1 and message in proc.stderr and "Traceback" not in proc.stderr
 
 

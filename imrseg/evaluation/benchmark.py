@@ -24,7 +24,7 @@ from ..devices import default_batch_size, float32_mode, resolve_device
 from ..distributed import current_shard, start, stop
 from ..durable import file_sha256, finite_json
 from ..errors import InputError, Note, param
-from ..hub import load_registry, locate_weights, resolve_clip, resolve_steps, resolve_weights
+from ..hub import fetch_weights, load_registry, locate_weights, resolve_clip, resolve_steps, resolve_weights
 from ..paths import cache_root
 from .progress import BenchmarkProgress
 from .settings import BenchmarkSettings, report_folder
@@ -51,10 +51,13 @@ def run_benchmark(settings: BenchmarkSettings, progress: BenchmarkProgress | Non
         data, fss_split = open_fss(settings.data_root, settings.splits)
     else:
         data = BenchmarkData.open(benchmark, settings.data_root)
-    # Every fold's weights spec is read now, so a wrong or unpublished one fails before anything loads.
+    # Every fold's weights are found now (downloaded if need be), so a wrong spec or one out of reach
+    # fails before anything loads or any split is fetched.
     specs = {f: _weights_spec(settings, f) for f in settings.folds if settings.method == "imr"}
     for spec in set(specs.values()):
-        locate_weights(spec, settings.hub_namespace)
+        source = locate_weights(spec, settings.hub_namespace)
+        if source.kind in ("registry", "hub"):
+            fetch_weights(source)
     splits = [fss_split] if fss else [load_split(benchmark, f, settings.splits) for f in settings.folds]
     for split in splits:
         if not split.official:
