@@ -209,6 +209,15 @@ def load_mask(path: os.PathLike | str, max_pixels: int | None = None) -> np.ndar
     return np.asarray(mask) > 0
 
 
+def load_mask_bytes(data: bytes, name: str, max_pixels: int | None = None) -> np.ndarray:
+    """`load_mask` for a mask held in memory (an upload); `name` stands for the file."""
+    if not data:
+        raise InputError(f"{show_path(name)}: empty file (0 bytes)")
+    limit, _ = _limits(max_pixels, 0)
+    mask, _ = _decode_file(io.BytesIO(data), name, limit, 0, _mask_of)
+    return np.asarray(mask) > 0
+
+
 def _mask_of(img: Image.Image) -> Image.Image:
     """Any Pillow mode to an 'L' mask: 255 where opaque and nonzero, else 0."""
     if img.mode.startswith("I") or img.mode == "F":
