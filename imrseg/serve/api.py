@@ -32,6 +32,8 @@ class Info(BaseModel):
     precision: str = Field(description="the network's precision: fp32, tf32, fp16 or bf16")
     steps: int = Field(description="refinement steps by default")
     batch_size: int = Field(description="most queries in one forward")
+    forwards: int = Field(description="forwards run since the server started (a batch of requests is one)")
+    requests: int = Field(description="segmentation requests answered since the server started")
 
 
 class RLE(BaseModel):

@@ -137,13 +137,15 @@ class Segmenter:
             raise TimeoutError(f"no answer within {self.timeout_s:g} s") from None
 
     def info(self) -> dict:
-        """What the server runs: weights, CLIP, device, precision, steps, version."""
+        """What the server runs (weights, CLIP, device, precision, steps, version) and
+        how much it has done (forwards run, requests answered)."""
         p = self.predictor
         weights = p.weights_info.to_dict() if p.weights_info is not None else None
         clip = p.clip_info.to_dict() if p.clip_info is not None else None
         sha = (weights or {}).get("sha256") or ""
         return {"version": __version__, "weights": weights, "clip": clip, "device": str(p.device),
                 "precision": p.precision, "steps": p.steps, "batch_size": self.batch_size,
+                "forwards": self.forwards, "requests": self.requests,
                 "model_version": f"imrseg-{__version__}" + (f"-{sha[:12]}" if sha else "")}
 
     @property
