@@ -53,8 +53,9 @@ def server(predictor, images):
     """A real uvicorn on 127.0.0.1 (ephemeral port), in a thread, around the module's predictor."""
     import uvicorn
 
-    segmenter = Segmenter(predictor, batch_size=8, max_wait_ms=300)
-    app = create_app(segmenter, Limits(), root=images)
+    limits = Limits(timeout_s=600)  # full-size forwards on a shared CPU
+    segmenter = Segmenter(predictor, batch_size=8, max_wait_ms=300, timeout_s=limits.timeout_s)
+    app = create_app(segmenter, limits, root=images)
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
     thread = threading.Thread(target=server.run, daemon=True)
@@ -93,7 +94,7 @@ def decode_png(data: str) -> np.ndarray:
 
 def test_answers_equal_the_predictors_masks(server, images, expected):
     url = server
-    response = httpx.post(f"{url}/v1/segment", timeout=120, data={
+    response = httpx.post(f"{url}/v1/segment", timeout=600, data={
         "label": "cat", "query_paths": "q2.png", "format": "both", "cam": "true"}, files=[
         ("queries", ("q1.png", (images / "q1.png").read_bytes())),
         ("supports", ("support.png", (images / "support.png").read_bytes()))])
@@ -112,7 +113,7 @@ def test_answers_equal_the_predictors_masks(server, images, expected):
 
 def test_several_classes_zero_shot_by_path(server, predictor, images):
     url = server
-    response = httpx.post(f"{url}/v1/segment/paths", timeout=120, json={
+    response = httpx.post(f"{url}/v1/segment/paths", timeout=600, json={
         "queries": ["q1.png"], "classes": [{"name": "kitty", "prompt": "cat"}, {"name": "dog"}]})
     assert response.status_code == 200, response.text
     (result,) = response.json()["results"]
@@ -138,7 +139,7 @@ def test_concurrent_clients_are_batched_and_get_their_own_results(server, images
             jobs.append((name, {"label": "cat"}, [("queries", (name, (images / name).read_bytes())), support]))
 
     def send(job):
-        return httpx.post(f"{url}/v1/segment", data=job[1], files=job[2], timeout=120)
+        return httpx.post(f"{url}/v1/segment", data=job[1], files=job[2], timeout=600)
 
     with ThreadPoolExecutor(len(jobs)) as pool:
         responses = list(pool.map(send, jobs))
@@ -164,7 +165,7 @@ def test_sigterm_lets_the_request_in_flight_finish_and_exits_0(recipe_weight_fil
     process = subprocess.Popen(
         [sys.executable, "-m", "imrseg", "serve", "--port", str(port), "--weights", recipe_weight_files["weights"],
          "--clip-weights", recipe_weight_files["clip"], "--device", "cpu", "--steps", "1", "--root", str(images),
-         "--max-wait-ms", "500"],
+         "--max-wait-ms", "500", "--timeout", "600"],
         env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         url = f"http://127.0.0.1:{port}"

@@ -127,7 +127,7 @@ def test_loopback_needs_no_token_other_hosts_do():
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("IMRSEG_TOKEN", None)
     run = subprocess.run([sys.executable, "-m", "imrseg", "serve", "--host", "0.0.0.0"], capture_output=True,
-                         text=True, env=env, timeout=60)
+                         text=True, env=env, timeout=300)
     assert run.returncode == 2 and run.stderr.count("\n") == 1 and "--token" in run.stderr, run.stderr
 
 
@@ -241,3 +241,13 @@ def test_segmenter_checks_its_input():
         segmenter.close()
     with pytest.raises(Busy):
         segmenter.segment_sync([image], [ClassRequest("a")])
+
+
+def test_openapi_page_describes_the_routes_answers_and_errors(make):
+    schema = make().get("/openapi.json").json()
+    segment = schema["paths"]["/v1/segment"]["post"]
+    assert {"200", "400", "413", "422", "503", "504"} <= set(segment["responses"])
+    assert segment["responses"]["503"]["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorBody")
+    assert "/v1/segment/paths" in schema["paths"] and "/v1/info" in schema["paths"]
+    fields = schema["components"]["schemas"]["ClassResult"]["properties"]
+    assert all(field.get("description") for field in fields.values())

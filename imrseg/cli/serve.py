@@ -44,7 +44,6 @@ def serve(
         "--max-wait-ms", help="How long a batch waits for more requests to join it.")] = 5.0,
 ) -> None:
     """Serve the model over HTTP (imrseg's /v1 API; Label Studio's ML-backend protocol) until Ctrl-C."""
-    from ..predictor import Predictor
     from ..serve.limits import Limits
     from ..serve.server import check_binding, check_root, serve as run_server
 
@@ -52,6 +51,7 @@ def serve(
                     max_queue=max_queue, timeout_s=timeout)
     check_binding(host, token)
     check_root(root)
+    from ..predictor import Predictor  # torch, once the flags are known to be right
     predictor = Predictor.from_pretrained(weights, clip_weights, device=device, precision=precision.value,
                                           steps=steps, hub_namespace=hub_namespace)
     typer.echo(f"imrseg: serving on http://{host}:{port} ({predictor.device}, {predictor.precision})", err=True)

@@ -19,6 +19,19 @@ from ..outputs.masks import mask_png
 from .limits import Limits
 from .service import ClassRequest, Segmenter, decode_image
 
+class ErrorBody(BaseModel):
+    error: str = Field(description="one line naming the field at fault and the problem")
+
+
+ERRORS = {status: {"model": ErrorBody, "description": text} for status, text in (
+    (400, "bad input: an unreadable or oversized image, a path outside the root, too many images"),
+    (401, "missing or wrong token (when the server has one)"),
+    (413, "request body over the server's --max-body-bytes"),
+    (422, "a field missing or of the wrong type"),
+    (503, "queue full or server stopping; see the Retry-After header"),
+    (504, "no answer within the server's --timeout"))}
+
+
 class Health(BaseModel):
     status: str = Field(description='"ok" while the server answers')
 
@@ -91,11 +104,11 @@ def router(segmenter: Segmenter, limits: Limits, root: Path | None) -> APIRouter
     async def health() -> Health:
         return Health(status="ok")
 
-    @api.get("/info", response_model=Info, summary="The model the server runs")
+    @api.get("/info", response_model=Info, responses={401: ERRORS[401]}, summary="The model the server runs")
     async def info() -> Info:
         return Info(**segmenter.info())
 
-    @api.post("/segment", response_model=SegmentResponse, response_model_exclude_none=True,
+    @api.post("/segment", response_model=SegmentResponse, response_model_exclude_none=True, responses=ERRORS,
               summary="Segment uploaded (or root) query images against supports and labels")
     async def segment(
         queries: list[UploadFile] = File([], description="query images"),
@@ -151,7 +164,7 @@ def router(segmenter: Segmenter, limits: Limits, root: Path | None) -> APIRouter
         names = [f.filename or f"queries[{i}]" for i, f in enumerate(queries)] + list(query_paths)
         return await _answer(segmenter, images, names, classes, steps, format, cam, step_masks)
 
-    @api.post("/segment/paths", response_model=SegmentResponse, response_model_exclude_none=True,
+    @api.post("/segment/paths", response_model=SegmentResponse, response_model_exclude_none=True, responses=ERRORS,
               summary="Segment query images inside the server's root (JSON body)")
     async def segment_paths(request: SegmentPaths) -> SegmentResponse:
         count = len(request.queries) + sum(len(c.supports) for c in request.classes)
