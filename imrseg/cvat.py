@@ -95,8 +95,7 @@ def build(label: str = "", support: str = "", weights: str | None = None, clip: 
              "precision": precision, "kind": kind, "steps": steps}
     for name, value in given.items():
         if value is not None and (not isinstance(value, PARAMETER_TYPES[name]) or isinstance(value, bool)):
-            kind_name = PARAMETER_TYPES[name].__name__
-            raise InputError(f"{param(name)} {value!r}: expected a {kind_name} ({name}={kind_name}:VALUE)")
+            raise InputError(f"{param(name)} {value!r}: give it as {name}={PARAMETER_TYPES[name].__name__}:VALUE")
     check_kind(kind)
     if steps is not None and steps < 1:
         raise InputError(f"{param('steps')} must be 1 or more, not {steps}")

@@ -196,11 +196,12 @@ def test_zero_shot_without_supports(recipe_net, recipe_clip, monkeypatch):
     ({"label": "dog,"}, "-p label 'dog,'"),
     ({"label": "dog", "kind": "box"}, "-p kind 'box': expected mask or polygon"),
     ({"label": "dog", "steps": 0}, "-p steps must be 1 or more"),
-    ({"label": "dog", "steps": "2"}, "-p steps '2': expected a int (steps=int:VALUE)"),
+    ({"label": "dog", "steps": "2"}, "-p steps '2': give it as steps=int:VALUE"),
     ({"label": "dog", "support": "/nonexistent/dogs"}, "/nonexistent/dogs: no such"),
     ({"label": "dog,cat", "support": "dog=a.png"}, "-p support: no supports for cat"),
     ({"label": "dog,cat", "support": "bird=a.png"}, "-p support 'bird=a.png'"),
     ({"label": "dog", "shots": 3}, "unknown parameter(s) shots"),
+    ({"label": "dog", "support": True}, "-p support True: give it as support=str:VALUE"),
     ({"label": "dog", "device": "gpu"}, "-p device gpu: unknown device"),
 ])
 def test_bad_parameters_end_in_one_line_naming_them(parameters, message, monkeypatch):
