@@ -22,6 +22,7 @@ import argparse
 import shutil
 import socket
 import statistics
+import sys
 import tempfile
 import threading
 import time
@@ -65,8 +66,10 @@ def serve_rates(predictor: Predictor, queries: list[bytes], support: bytes, clie
                 batch_size: int, max_wait_ms: float) -> list[dict]:
     import uvicorn
 
-    segmenter = Segmenter(predictor, batch_size=batch_size, max_wait_ms=max_wait_ms, max_queue=4 * max(clients))
-    app = create_app(segmenter, Limits(max_queue=4 * max(clients)))
+    limits = Limits(max_queue=4 * max(clients), timeout_s=3600)  # measured, not cut short
+    segmenter = Segmenter(predictor, batch_size=batch_size, max_wait_ms=max_wait_ms, max_queue=limits.max_queue,
+                          timeout_s=limits.timeout_s)
+    app = create_app(segmenter, limits)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -97,6 +100,7 @@ def serve_rates(predictor: Predictor, queries: list[bytes], support: bytes, clie
             rows.append({"clients": n, "requests": len(latencies), "per_second": len(latencies) / wall,
                          "p50_s": statistics.median(latencies), "p99_s": float(np.percentile(latencies, 99)),
                          "forwards": segmenter.forwards - forwards})
+            print(f"serve, {n} clients: {rows[-1]}", file=sys.stderr, flush=True)
         return rows
     finally:
         server.should_exit = True
@@ -117,6 +121,7 @@ def measure(device: str, queries: int, rounds: int, steps: int, batch_size: int,
             picture.save(files[-1])
         support, query_files = files[0], files[1:]
         folder = folder_rate(query_files, support, weights, steps, batch_size, work, device)
+        print(f"run_folder: {folder}", file=sys.stderr, flush=True)
         predictor = Predictor.from_pretrained(weights["weights"], weights["clip"], device=device, steps=steps)
         rows = serve_rates(predictor, [f.read_bytes() for f in query_files], support.read_bytes(), clients,
                            rounds, batch_size, max_wait_ms)
