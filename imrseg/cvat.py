@@ -50,6 +50,7 @@ class ImrsegFunction:
         context's confidence threshold, one shape per connected component of its pixels
         in the indexed mask, with that score; polygons when the function's kind is
         "polygon" or the driver asks to convert masks."""
+        # The indexed mask needs the probabilities (kept anyway with several classes).
         result = self.predictor.predict_classes([image], self.steps, keep=("prob",))[0]
         index = result.index_mask
         as_polygons = self.kind == "polygon" or context.conv_mask_to_poly
@@ -72,7 +73,8 @@ class ImrsegFunction:
 
 def create(**parameters) -> ImrsegFunction:
     """cvat-cli's factory: the function for its `-p` parameters (see `build`). A bad one
-    ends the command with one line naming it as `-p NAME`, not a traceback."""
+    ends the command with one line naming it as `-p NAME`: cvat-cli shows a traceback for
+    any error its function loader raises but its own (server, login), so this exits."""
     try:
         return build(**parameters)
     except ImrsegError as exc:
