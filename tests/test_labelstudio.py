@@ -348,3 +348,15 @@ def test_supports_from_extra_params_annotated_tasks_and_the_webhook(label_studio
     assert len(stand_in.calls[-1][1][0].supports) == 1
     assert http.post("/webhook", json={"action": "PROJECT_UPDATED"}).json()["status"] == "ignored"
     FakeLabelStudio.tasks = []
+
+
+def test_an_odd_annotation_is_left_out_of_the_supports_not_the_predictions(label_studio, monkeypatch, caplog):
+    http, stand_in = client(label_studio, LEGACY, monkeypatch)
+    odd = brush_annotation(70, "cat", rectangle((48, 64), 1))
+    odd["result"][0]["original_width"] = 65  # the RLE holds 64 x 48 pixels
+    task = {"id": 7, "data": {"image": "/data/upload/1/q1.png"}, "annotations": [odd]}
+    answer = predict(http, [task], project="6.1")
+    assert answer.status_code == 200 and len(answer.json()["results"]) == 1
+    assert stand_in.calls[-1][1][0].supports == ()
+    assert any("task 7 left out of the supports: `annotation 70.result[0].value`: holds 12288 values" in r.getMessage()
+               for r in caplog.records)

@@ -180,13 +180,19 @@ class _Backend:
                 tasks = self.annotated_tasks(project_id, files) + tasks
             except (FetchError, InputError) as exc:
                 LOG.warning("Label Studio project %s: its annotated tasks were not read (%s)", project_id, exc)
-        for i, task in enumerate(tasks):
+        for task in tasks:
             for annotation in task.get("annotations") or ():
-                if isinstance(annotation, dict) and "id" in annotation:
+                if not isinstance(annotation, dict) or "id" not in annotation:
+                    continue
+                try:
                     made = drawn_supports(annotation, task, controls, self.limits.max_pixels,
-                                          f"tasks[{i}].annotations")
-                    with self.projects.lock:
-                        project.annotated(annotation["id"], made)
+                                          f"annotation {annotation['id']}")
+                except InputError as exc:  # one odd annotation does not stop the project's predictions
+                    LOG.warning("Label Studio project %s: task %s left out of the supports: %s", project_id,
+                                task.get("id"), exc)
+                    continue
+                with self.projects.lock:
+                    project.annotated(annotation["id"], made)
 
     def annotated_tasks(self, project_id: str, files: LabelStudioFiles) -> list:
         out = []
