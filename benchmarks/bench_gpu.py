@@ -1,6 +1,7 @@
 """The one GPU check: parity of every precision against CPU fp32, end-to-end
 `imrseg segment` throughput, where a batch's time goes, and training speed and
-memory, in one command (about 5 minutes on an H100/H200).
+memory, and the server under concurrent clients, in one command (about 6 minutes on an
+H100/H200).
 
 1. parity: the network's logits and masks, the CLIP-CAM and a training step (loss
    and gradients) on the device in fp32, tf32, bf16 and fp16, each against the same
@@ -17,7 +18,10 @@ memory, in one command (about 5 minutes on an H100/H200).
    fp32 and bf16, plain and with channels-last, cudnn.benchmark, torch.compile and
    CUDA graphs (these two for one stage at a time): ms/query, the speed-up over
    plain and the share of mask pixels equal to plain's (every flag and the memory
-   format are restored after each mode).
+   format are restored after each mode);
+6. serve: `imrseg serve` under 1, 4 and 16 concurrent clients (one query each, one
+   support set) against `run_folder` on the same queries (benchmarks/bench_serve.py):
+   requests/s, its ratio to run_folder's queries/s, p50 and p99 latency.
 
 Recipe weights (tests/recipe.py), nothing downloaded. Summary table on stderr, the
 LAST stdout line is one JSON object. `--quick` shrinks every size for a CPU dry run;
@@ -46,6 +50,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+import bench_serve
 from common import LABEL, PeakMemory, images, recipe_clip, recipe_network, report, timed, write_recipe_weight_files
 from imrseg.clip.cam import ClipCAM
 from imrseg.data.classes import PASCAL_CLASSES
@@ -56,7 +61,7 @@ from imrseg.predictor import Predictor
 from imrseg.runner.writing import OutputOptions, write_outputs
 
 GOLDEN = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "golden"
-SECTIONS = ("parity", "segment", "stages", "training", "speed_modes")
+SECTIONS = ("parity", "segment", "stages", "training", "speed_modes", "serve")
 CAM_TARGETS = [11, 14]
 
 
@@ -495,6 +500,8 @@ def table(result: dict) -> str:
         lines += [f"training {key}: " + json.dumps(row) for key, row in result["training"].items()]
     if "speed_modes" in result:
         lines += speed_table(result["speed_modes"])
+    if "serve" in result:
+        lines += bench_serve.table(result["serve"])
     return "\n".join(lines)
 
 
@@ -530,6 +537,9 @@ def main() -> None:
         result["training"] = training(device, [1, 2] if quick else [8, 40], 2, 1 if quick else 3)
     if "speed_modes" in run:
         result["speed_modes"] = speed_modes(device, 2 if quick else 16, 1 if quick else 3)
+    if "serve" in run:
+        result["serve"] = bench_serve.measure(str(device), 3 if quick else 64, 1 if quick else 5, 1 if quick else 2,
+                                              2 if quick else 16, 20.0, [1, 2] if quick else [1, 4, 16])
     result["seconds"] = time.perf_counter() - started
     report(result, table(result))
 

@@ -7,6 +7,7 @@ Never imports torch, so the CLI can plan and skip work before loading a model.""
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import stat
 import threading
@@ -187,6 +188,17 @@ def load_image(
     return LoadedImage(image=rgb, size=size, path=path)
 
 
+def load_image_bytes(data: bytes, name: str, max_pixels: int | None = None,
+                     draft_size: int | None = None) -> LoadedImage:
+    """`load_image` for an image held in memory (an upload), with the same checks and
+    decoding; `name` stands for the file in messages and in `LoadedImage.path`."""
+    if not data:
+        raise InputError(f"{show_path(name)}: empty file (0 bytes)")
+    limit, long_side = _limits(max_pixels, draft_size)
+    rgb, size = _decode_file(io.BytesIO(data), name, limit, long_side, _to_rgb)
+    return LoadedImage(image=rgb, size=size, path=Path(name))
+
+
 def load_mask(path: os.PathLike | str, max_pixels: int | None = None) -> np.ndarray:
     """Read a drawn mask file: (H, W) bool at full resolution, upright as its image
     (EXIF orientation applied). A pixel is object when it is not transparent (alpha 0,
@@ -194,6 +206,15 @@ def load_mask(path: os.PathLike | str, max_pixels: int | None = None) -> np.ndar
     transparency around a drawn object means background, not the white it is shown on.
     InputError naming the file on any failure, as `load_image`."""
     mask, _ = _decode(Path(path), max_pixels, 0, _mask_of)
+    return np.asarray(mask) > 0
+
+
+def load_mask_bytes(data: bytes, name: str, max_pixels: int | None = None) -> np.ndarray:
+    """`load_mask` for a mask held in memory (an upload); `name` stands for the file."""
+    if not data:
+        raise InputError(f"{show_path(name)}: empty file (0 bytes)")
+    limit, _ = _limits(max_pixels, 0)
+    mask, _ = _decode_file(io.BytesIO(data), name, limit, 0, _mask_of)
     return np.asarray(mask) > 0
 
 
@@ -214,13 +235,7 @@ def _decode(path: Path, max_pixels: int | None, draft_size: int | None,
             convert) -> tuple[Image.Image, tuple[int, int]]:
     """The checks and decoding `load_image` describes, `convert` turning the decoded
     picture into the result's mode; (upright result, displayed full size)."""
-    if max_pixels is not None and max_pixels < 0:
-        raise InputError(f"`max_pixels` must be 0 or more, not {max_pixels}")
-    if draft_size is not None and draft_size < 0:
-        raise InputError(f"`draft_size` must be 0 or more, not {draft_size}")
-    limit = max_pixels or DEFAULT_MAX_PIXELS
-    long_side = DEFAULT_DRAFT_SIZE if draft_size is None else draft_size
-
+    limit, long_side = _limits(max_pixels, draft_size)
     st = _stat(path)
     if stat.S_ISDIR(st.st_mode):
         raise InputError(f"{show_path(path)}: is a directory, not an image file")
@@ -234,8 +249,23 @@ def _decode(path: Path, max_pixels: int | None, draft_size: int | None,
         raise InputError(f"{show_path(path)}: permission denied") from None
     except OSError as exc:
         raise InputError(f"{show_path(path)}: cannot open ({exc.strerror or one_line(exc)})") from exc
+    with fh:
+        return _decode_file(fh, path, limit, long_side, convert)
 
-    with fh, _pillow_bomb_guard_off():
+
+def _limits(max_pixels: int | None, draft_size: int | None) -> tuple[int, int]:
+    """(pixel limit, long side) that `max_pixels` and `draft_size` stand for."""
+    if max_pixels is not None and max_pixels < 0:
+        raise InputError(f"`max_pixels` must be 0 or more, not {max_pixels}")
+    if draft_size is not None and draft_size < 0:
+        raise InputError(f"`draft_size` must be 0 or more, not {draft_size}")
+    return max_pixels or DEFAULT_MAX_PIXELS, DEFAULT_DRAFT_SIZE if draft_size is None else draft_size
+
+
+def _decode_file(fh, path: Path | str, limit: int, long_side: int,
+                 convert) -> tuple[Image.Image, tuple[int, int]]:
+    """`_decode` of an open binary file; `path` names it in messages."""
+    with _pillow_bomb_guard_off():
         try:
             img = Image.open(fh, formats=_decoders())
         except UnidentifiedImageError:

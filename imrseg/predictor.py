@@ -45,6 +45,20 @@ class QueryPixels:
     size: tuple[int, int]  # (W, H) of the image they were made from
 
 
+@dataclass(frozen=True)
+class SupportSet:
+    """Every class's supports, computed once by `Predictor.support_set`: label ->
+    K (support features, CAM) pairs of batch 1, or None for a zero-shot class (each
+    query is its own support). `predict_classes(..., supports=)` segments against
+    it, so a server keeps several sets and switches between them without recomputing."""
+
+    shots: dict[str, list | None]
+
+    @property
+    def labels(self) -> list[str]:
+        return list(self.shots)
+
+
 @dataclass
 class Prediction:
     """One query's result for one class, at the query's own size (H, W); `prob`,
@@ -163,21 +177,35 @@ class Predictor:
         """Cache each class's supports: `{label: (images, masks)}`, in the order the
         classes are numbered in the indexed mask. `masks`, when not None, are drawn
         0/1 masks (one per image, same size) that replace the supports' CAMs."""
-        for label, (images, masks) in classes.items():
-            if not images:
+        self._shots = self.support_set(classes).shots
+
+    def support_set(self, classes: Mapping[str, tuple[Sequence[Image.Image], Sequence[np.ndarray] | None] | None]
+                    ) -> SupportSet:
+        """Each class's supports computed once, as `set_supports` caches them, but
+        handed back instead of becoming the predictor's classes: `{label: (images,
+        masks)}`, or `{label: None}` for a zero-shot class."""
+        for label, given in classes.items():
+            images, masks = given or ((), None)
+            if given is not None and not images:
                 raise InputError(f"no support images for {label!r}: pass at least one support")
             if masks is not None and len(masks) != len(images):
                 raise InputError(f"{label!r}: {len(images)} support images but {len(masks)} support masks")
-        self._declare(list(classes))
-        for label, (images, masks) in classes.items():
+        labels = list(classes)
+        self._check_labels(labels)
+        shots: dict[str, list | None] = dict.fromkeys(labels)
+        for label, given in classes.items():
+            if given is None:
+                continue
+            images, masks = given
             if masks is not None:
                 cams = torch.stack([mask_to_cam(m) for m in masks])
             else:
-                cams = self.cams(images, [label])[0]
+                cams = self.cams(images, [label], among=labels)[0]
             with self.inference():
                 features = self.model.encode(self.network_inputs(images))
             cams = cams.to(self.device)
-            self._shots[label] = [(features.index(slice(k, k + 1)), cams[k:k + 1]) for k in range(len(images))]
+            shots[label] = [(features.index(slice(k, k + 1)), cams[k:k + 1]) for k in range(len(images))]
+        return SupportSet(shots)
 
     def set_support(self, images: Sequence[Image.Image], label: str,
                     masks: Sequence[np.ndarray] | None = None) -> None:
@@ -186,9 +214,9 @@ class Predictor:
 
     def set_zero_shot(self, labels: Sequence[str]) -> None:
         """Classes with no supports: each query is its own (the paper's zero-shot mode)."""
-        self._declare(list(labels))
+        self._shots = self.support_set(dict.fromkeys(labels)).shots
 
-    def _declare(self, labels: list[str]) -> None:
+    def _check_labels(self, labels: list[str]) -> None:
         if not labels:
             raise InputError("no classes: give at least one label")
         check_class_count(len(labels))
@@ -196,7 +224,6 @@ class Predictor:
         if self.cam is not None:
             for label in labels:
                 self.cam.check_label(label)
-        self._shots = dict.fromkeys(labels)
 
     # ----------------------------------------------------------------- queries
     def prepare(self, image: Image.Image) -> QueryPixels:
@@ -219,25 +246,28 @@ class Predictor:
 
     def predict_classes(self, images: Sequence[Image.Image | QueryPixels], steps: int | None = None,
                         sizes: Sequence[tuple] | None = None,
-                        keep: Sequence[str] = HOST_RESULTS) -> list[ClassPredictions]:
+                        keep: Sequence[str] = HOST_RESULTS,
+                        supports: SupportSet | None = None) -> list[ClassPredictions]:
         """Segment a batch of queries (PIL images, or what `prepare` made of them) for
         every class; `sizes` as in `predict_batch` (default: each image's size).
         `keep`: which of HOST_RESULTS come back from the device besides the mask (a run
         keeps only what it writes); with several classes the probabilities always do,
-        since they decide where masks overlap."""
-        if not self._shots:
+        since they decide where masks overlap. `supports`: a `support_set` to segment
+        against instead of the predictor's own classes."""
+        shots = supports.shots if supports is not None else self._shots
+        if not shots:
             raise InputError("no classes: call set_supports (or set_zero_shot) first")
         unknown = set(keep) - set(HOST_RESULTS)
         if unknown:
             raise InputError(f"`keep` {sorted(unknown)}: expected some of {', '.join(HOST_RESULTS)}")
-        labels = self.labels
+        labels = list(shots)
         keep = set(keep) | ({"prob"} if len(labels) > 1 else set())
         prepared = [im if isinstance(im, QueryPixels) else self.prepare(im) for im in images]
-        cams = self.cams([p.clip for p in prepared], labels)
+        cams = self.cams([p.clip for p in prepared], labels, among=labels)
         out_sizes = [(h, w) for w, h in (sizes or [p.size for p in prepared])]
         with self.inference():
             query = self.model.encode(self.network_inputs([p.network for p in prepared]))
-            per_class = [self.model.segment(query, cams[v], self.shots(label), steps or self.steps, out_sizes,
+            per_class = [self.model.segment(query, cams[v], shots[label], steps or self.steps, out_sizes,
                                             every_step="steps" in keep) for v, label in enumerate(labels)]
         return [ClassPredictions({label: _prediction(per_class[v][b], cams[v][b], keep)
                                   for v, label in enumerate(labels)}) for b in range(len(images))]
@@ -249,12 +279,15 @@ class Predictor:
         return self.predict_batch(images, steps, sizes)
 
     # ------------------------------------------------------------------ shared
-    def cams(self, images: Sequence[Image.Image | torch.Tensor], labels: Sequence[str]) -> torch.Tensor:
+    def cams(self, images: Sequence[Image.Image | torch.Tensor], labels: Sequence[str],
+             among: Sequence[str] | None = None) -> torch.Tensor:
         """(V, N, 50, 50) coarse masks of the images (or their CLIP pixels) for each
-        label, one CLIP forward."""
+        label, one CLIP forward; `among`: the classes competing in each label's CAM
+        (default: the predictor's own)."""
         if self.cam is None:
             raise InputError("no CLIP model to compute coarse masks: give the Predictor a ClipCAM as `cam`")
-        vocabularies = [self.vocabulary(label) for label in labels]
+        vocabularies = [class_vocabulary(label, self.labels if among is None else among, self.extra_vocabulary)
+                        for label in labels]
         with float32_mode(self.precision):
             return self.cam.cams_for_labels(list(images), vocabularies, size=CAM_SIZE).to(self.device)
 

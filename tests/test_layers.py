@@ -22,7 +22,7 @@ LAYERS = [
     ("hub", ["imrseg.hub"]),
     ("predictor", ["imrseg.predictor"]),
     ("outputs", ["imrseg.outputs"]),
-    ("runs", ["imrseg.runner", "imrseg.evaluation", "imrseg.training"]),
+    ("runs", ["imrseg.runner", "imrseg.evaluation", "imrseg.training", "imrseg.serve", "imrseg.cvat"]),
     ("cli", ["imrseg.cli", "imrseg.__main__"]),
 ]
 # What the ground floor may not import: facts are plain data, read without a model.

@@ -7,3 +7,4 @@ from . import info  # noqa: F401
 from . import train  # noqa: F401
 from . import export  # noqa: F401
 from . import gallery  # noqa: F401
+from . import serve  # noqa: F401

@@ -40,8 +40,16 @@ def _unit_to_u8(values) -> np.ndarray:
 
 def save_mask_png(path: os.PathLike | str, mask) -> None:
     """Binary mask (H, W; nonzero = object) as an 8-bit greyscale PNG of 0 and 255."""
+    atomic_write_bytes(path, mask_png(mask))
+
+
+def mask_png(mask) -> bytes:
+    """The bytes `save_mask_png` writes."""
     mask = as_2d(mask, "mask")
-    write_encoded(path, ".png", np.where(mask != 0, 255, 0).astype(np.uint8))
+    ok, buf = cv2.imencode(".png", np.where(mask != 0, 255, 0).astype(np.uint8))
+    if not ok:
+        raise ImrsegError(f"could not encode a {mask.shape} mask as PNG")
+    return buf.tobytes()
 
 
 def save_index_png(path: os.PathLike | str, index: np.ndarray) -> None:

@@ -1,0 +1,65 @@
+"""Running the server: the rule that a server reachable from other machines needs a
+token, and one process that loads the model once and answers on uvicorn until
+Ctrl-C or SIGTERM (requests in flight finish, later ones are refused, exit 0)."""
+from __future__ import annotations
+
+import ipaddress
+import logging
+import signal
+from pathlib import Path
+
+from ..errors import InputError, param, show_path
+from .limits import Limits
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` is only reachable from this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_binding(host: str, token: str | None) -> None:
+    """A server on any address but loopback needs a token: no token, no start."""
+    if not is_loopback(host) and not token:
+        raise InputError(f"{param('host')} {host} is reachable from other machines: give a {param('token')} "
+                         "(or set IMRSEG_TOKEN), or serve on 127.0.0.1")
+
+
+def check_root(root: Path | None) -> Path | None:
+    if root is None:
+        return None
+    if not root.is_dir():
+        raise InputError(f"{param('root')} {show_path(root)}: not a folder")
+    return root.resolve()
+
+
+def serve(predictor, host: str = "127.0.0.1", port: int = 9090, token: str | None = None, root: Path | None = None,
+          limits: Limits = Limits(), batch_size: int = 8, max_wait_ms: float = 5.0) -> None:
+    """Answer on host:port until stopped, with `predictor` kept warm (see `create_app`)."""
+    import uvicorn
+
+    from .app import create_app
+    from .service import Segmenter
+
+    check_binding(host, token)
+    root = check_root(root)
+    segmenter = Segmenter(predictor, batch_size=batch_size, max_wait_ms=max_wait_ms, max_queue=limits.max_queue,
+                          timeout_s=limits.timeout_s, max_steps=limits.max_steps)
+    app = create_app(segmenter, limits, token=token, root=root)
+    config = uvicorn.Config(app, host=host, port=port, log_level="info", access_log=False,
+                            timeout_graceful_shutdown=int(limits.timeout_s) + 1, lifespan="off")
+    server = uvicorn.Server(config)
+    # uvicorn raises the signal that stopped it again once stopped: a quiet handler makes
+    # that a normal exit (status 0) rather than death by the signal.
+    previous = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        server.run()
+    finally:
+        segmenter.close()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    logging.getLogger("uvicorn.error").info("imrseg serve: stopped")
