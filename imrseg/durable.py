@@ -15,6 +15,7 @@ import json
 import os
 import re
 import secrets
+import stat
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -48,16 +49,58 @@ def file_sha256(path: os.PathLike | str) -> str:
     return _digests[key]
 
 
-def _open_no_link(path: Path, flags: int) -> int:
-    """os.open that refuses a symbolic link as the file itself: what imrseg writes
-    stays where it is named and never lands on a link's target."""
+def _kind(mode: int) -> str:
+    """What a file that is not a regular one is, for a message."""
+    for test, kind in ((stat.S_ISDIR, "a folder"), (stat.S_ISLNK, "a symbolic link"), (stat.S_ISFIFO, "a FIFO"),
+                       (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a device"), (stat.S_ISBLK, "a device")):
+        if test(mode):
+            return kind
+    return "not a regular file"
+
+
+def open_regular(path: os.PathLike | str, flags: int, error: type[ImrsegError] = ImrsegError) -> int:
+    """os.open of a file imrseg writes in place or reads back, only if it is a regular
+    file: never through a symbolic link as the file itself (what imrseg writes stays
+    where it is named), never waiting on a FIFO (opened non-blocking, then checked),
+    never a folder or a device. Anything else there is an `error` naming the path and
+    what is in the way; other OSErrors propagate."""
+    path = Path(path)
+    nonblock = getattr(os, "O_NONBLOCK", 0)
     try:
-        return os.open(path, flags | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0), 0o666)
-    except OSError as exc:
-        if exc.errno in (errno.ELOOP, errno.EMLINK) and path.is_symlink():
-            raise ImrsegError(f"{show_path(path)}: is a symbolic link; imrseg writes only to regular files "
-                              "(remove the link)") from None
+        fd = os.open(path, flags | nonblock | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0), 0o666)
+    except OSError:
+        with contextlib.suppress(OSError):
+            mode = os.lstat(path).st_mode
+            if not stat.S_ISREG(mode):
+                raise _not_regular(path, mode, error) from None
         raise
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise _not_regular(path, mode, error)
+    if nonblock:
+        os.set_blocking(fd, True)
+    return fd
+
+
+def _not_regular(path: Path, mode: int, error: type[ImrsegError]) -> ImrsegError:
+    how = "remove the link" if stat.S_ISLNK(mode) else "move it"
+    return error(f"{show_path(path)}: is {_kind(mode)}, not a regular file; imrseg reads and writes only regular "
+                 f"files there ({how})")
+
+
+def read_regular(path: os.PathLike | str) -> bytes:
+    """The content of a regular file imrseg reads back, checked as `open_regular`
+    does; InputError naming the file for anything else (FileNotFoundError propagates)."""
+    path = Path(path)
+    try:
+        fd = open_regular(path, os.O_RDONLY | getattr(os, "O_BINARY", 0), InputError)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise InputError(f"{show_path(path)}: cannot read ({exc.strerror or one_line(exc)})") from None
+    with open(fd, "rb") as fh:
+        return fh.read()
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -86,7 +129,7 @@ def atomic_write_bytes(path: os.PathLike | str, data: bytes) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         while tmp is None:
-            candidate = path.with_name(f".{path.name}{TEMPORARY_MARK}{secrets.token_hex(6)}")
+            candidate = path.with_name(temporary_name(path.name))
             try:
                 # 0o666 so the umask decides permissions, as for any other file the user creates.
                 flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
@@ -111,6 +154,11 @@ def atomic_write_bytes(path: os.PathLike | str, data: bytes) -> None:
 
 TEMPORARY_MARK = ".imrseg-tmp-"
 _TEMPORARY = re.compile(r"\..+" + re.escape(TEMPORARY_MARK) + r"[0-9a-f]{12}", re.DOTALL)
+
+
+def temporary_name(name: str) -> str:
+    """The name atomic_write_bytes writes the file `name` under before renaming it."""
+    return f".{name}{TEMPORARY_MARK}{secrets.token_hex(6)}"
 
 
 def is_temporary(name: str) -> bool:
@@ -155,7 +203,7 @@ class FolderLock:
         try:
             self._created = not self.folder.exists()
             self.folder.mkdir(parents=True, exist_ok=True)
-            self._fd = _open_no_link(path, os.O_RDWR | os.O_CREAT)
+            self._fd = open_regular(path, os.O_RDWR | os.O_CREAT)
         except OSError as exc:
             raise ImrsegError(f"{show_path(self.folder)}: cannot write ({exc.strerror or one_line(exc)})") from None
         try:
@@ -207,8 +255,10 @@ class ResultsLog:
 
     Each row goes to disk as one complete line in a single write, then fsync; a row
     counts only once its newline is written. Opening drops a torn last line left by an
-    earlier killed run, so new rows always start on a line of their own. A symbolic
-    link in the log's place is refused, never followed.
+    earlier killed run, so new rows always start on a line of their own. Only a regular
+    file is opened (`open_regular`: a link is never followed, a FIFO never waited on),
+    and one with more than one hard link is first replaced by a copy of its own, so
+    an append never lands in another folder that shares it.
     Use as a context manager, or call close().
     """
 
@@ -217,7 +267,14 @@ class ResultsLog:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             flags = os.O_RDWR | os.O_CREAT | os.O_APPEND | getattr(os, "O_BINARY", 0)
-            self._file = open(_open_no_link(self.path, flags), "r+b", buffering=0)
+            fd = open_regular(self.path, flags)
+            if os.fstat(fd).st_nlink > 1:
+                # Shared with another folder (a `cp -al` copy, an rsync --link-dest snapshot): appending
+                # would write into that one too, so this folder gets a copy of its own first.
+                with open(fd, "rb") as shared:
+                    atomic_write_bytes(self.path, shared.read())
+                fd = open_regular(self.path, flags)
+            self._file = open(fd, "r+b", buffering=0)
             self._drop_torn_tail()
         except OSError as exc:
             raise ImrsegError(f"{show_path(self.path)}: cannot write ({exc.strerror or one_line(exc)})") from exc
@@ -269,14 +326,13 @@ def read_results(path: os.PathLike | str, numbered: bool = False) -> list:
     """Rows of a ResultsLog file in order (with `numbered`, as (line, row)); [] if it
     does not exist. A last line without its newline (a write cut short by a kill) is
     ignored; any other line that is not a JSON object raises InputError naming file and
-    line, as does a number JSON does not have (NaN, Infinity)."""
+    line, as does a number JSON does not have (NaN, Infinity), or anything but a
+    regular file in its place (`read_regular`)."""
     path = Path(path)
     try:
-        data = path.read_bytes()
+        data = read_regular(path)
     except FileNotFoundError:
         return []
-    except OSError as exc:
-        raise InputError(f"{show_path(path)}: cannot read ({exc.strerror or one_line(exc)})") from exc
     rows = []
     for number, line in enumerate(data.split(b"\n")[:-1], start=1):
         if not line.strip():

@@ -4,8 +4,13 @@
 time), names files only by plain relative paths that stay inside, refuses symbolic
 links anywhere below the folder, writes atomically, and never replaces a file that
 imrseg did not write there. Which files those are, the folder's manifest
-(`.imrseg-files`, one JSON row per file, written before the file) says, together
-with what a command already knows as its own (`known`: a results.jsonl's rows).
+(`.imrseg-files`, one JSON row per file) says, together with what a command already
+knows as its own (`known`: a results.jsonl's rows). A name enters the manifest just
+before its file is written (`claim`, which `write` and `log` call), never when a
+command starts: what a command wants to write is only `check`ed up front, so one
+that fails leaves no claim on a file it never wrote. Every name is checked against
+the filesystem's limit with imrseg's temporary-file name around it, and every file
+is read back only if it is a regular file (`durable.read_regular`).
 
 `Fields` is how a command reads back a row or document it wrote: every value is
 checked for its type and range (numbers finite, paths plain and relative) and
@@ -15,15 +20,14 @@ anything outside the folder."""
 from __future__ import annotations
 
 import contextlib
-import errno
 import math
 import os
 import stat
 from collections.abc import Iterable, Mapping
 from pathlib import Path, PurePosixPath
 
-from .durable import (LOCK_FILE, FolderLock, ResultsLog, atomic_write_bytes, is_temporary, read_results,
-                      remove_temporaries)
+from .durable import (LOCK_FILE, FolderLock, ResultsLog, atomic_write_bytes, is_temporary, read_regular,
+                      read_results, remove_temporaries, temporary_name)
 from .errors import ImrsegError, InputError, one_line, param, show_path
 
 MANIFEST = ".imrseg-files"
@@ -39,6 +43,14 @@ def plain_relative(value, where: str) -> str:
             or PurePosixPath(value).is_absolute() or (len(value) > 1 and value[1] == ":")):
         raise InputError(f"{where} must be a plain relative path inside the folder, not {_shown(value)}")
     return value
+
+
+def _name_max(folder: Path) -> int:
+    """The longest file name, in bytes, the filesystem of `folder` takes (255 where it does not say)."""
+    try:
+        return os.pathconf(folder, "PC_NAME_MAX")
+    except (AttributeError, ValueError, OSError):  # Windows has no pathconf; some filesystems do not tell
+        return 255
 
 
 def _shown(value) -> str:
@@ -60,9 +72,6 @@ class Fields:
     def rows(cls, path: os.PathLike | str) -> list[Fields]:
         """Every row of a JSON Lines file (see `durable.read_results`); [] if there is none."""
         path = Path(path)
-        if path.is_symlink():
-            raise InputError(f"{show_path(path)}: is a symbolic link; imrseg reads back only its own "
-                             "regular files (remove the link)")
         return [cls(row, f"{show_path(path)}:{line}") for line, row in read_results(path, numbered=True)]
 
     def _error(self, key: str, what: str) -> InputError:
@@ -187,18 +196,23 @@ class OwnedFolder:
         if given.exists() and not given.is_dir():
             raise ImrsegError(f"{show_path(given)}: exists and is not a folder (`{self.parameter}`)")
         self._held = contextlib.ExitStack()
-        if self.lock:
-            self._held.enter_context(FolderLock(given))
-        else:
-            try:
-                given.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise ImrsegError(f"{show_path(given)}: cannot write ({exc.strerror or one_line(exc)})") from None
-        # The folder is where the user's path leads now; everything below it is checked link by link.
-        self.root = given.resolve()
-        self._owned = set(self._known)
-        for row in Fields.rows(self.root / MANIFEST):
-            self._owned.add(row.relative("file"))
+        try:
+            if self.lock:
+                self._held.enter_context(FolderLock(given))
+            else:
+                try:
+                    given.mkdir(parents=True, exist_ok=True)
+                except OSError as exc:
+                    raise ImrsegError(f"{show_path(given)}: cannot write ({exc.strerror or one_line(exc)})") from None
+            # The folder is where the user's path leads now; everything below it is checked link by link.
+            self.root = given.resolve()
+            self._name_max = _name_max(self.root)
+            self._owned = set(self._known)
+            for row in Fields.rows(self.root / MANIFEST):
+                self._owned.add(row.relative("file"))
+        except BaseException:
+            self._held.close()  # a folder that cannot be opened is not left locked
+            raise
         return self
 
     def __exit__(self, *exc_info) -> None:
@@ -233,7 +247,13 @@ class OwnedFolder:
             if stat.S_ISLNK(mode):
                 raise ImrsegError(f"{show_path(current)}: is a symbolic link inside {param(self.parameter)}; "
                                   "imrseg does not follow links in folders it writes (remove the link)")
+            if current != self.root / rel and not stat.S_ISDIR(mode):
+                raise self._in_the_way(current, rel)
         return self.root / rel
+
+    def _in_the_way(self, where: Path, rel: str) -> ImrsegError:
+        return ImrsegError(f"{show_path(where)}: is in the way of {show_path(self.root / rel)} (imrseg needs a folder "
+                           f"there); move or rename it, or choose another {param(self.parameter)}")
 
     @property
     def owned(self) -> frozenset[str]:
@@ -246,12 +266,26 @@ class OwnedFolder:
     def check(self, names: Iterable[os.PathLike | str]) -> list[str]:
         """Refuse now what `claim` would refuse (a link on the way; a file there that
         imrseg did not write, unless `overwrite`), writing nothing; the names not yet
-        known as imrseg's, relative and without repeats."""
+        known as imrseg's, relative and without repeats. Also refused: a name too long
+        for the filesystem once imrseg's temporary-file name is made of it, and a name
+        whose folder is one of the files named or owned here."""
         new = []
-        for name in names:
-            rel, path = self.relative(name), self.path(name)
-            if rel.rpartition("/")[2] in (MANIFEST, LOCK_FILE) or is_temporary(rel.rpartition("/")[2]):
+        rels = [self.relative(name) for name in names]
+        files = self._owned.union(rels)
+        for rel in rels:
+            path, base = self.path(rel), rel.rpartition("/")[2]
+            if base in (MANIFEST, LOCK_FILE) or is_temporary(base):
                 raise ImrsegError(f"{show_path(path)}: a name imrseg keeps for itself; choose another name")
+            length = len(os.fsencode(temporary_name(base)))
+            if length > self._name_max:
+                raise ImrsegError(f"{show_path(path)}: name too long for this filesystem ({length} bytes with the "
+                                  f"temporary name imrseg writes it under, at most {self._name_max}); rename the "
+                                  f"input, or choose another {param(self.parameter)}")
+            parts = rel.split("/")
+            way = next((prefix for prefix in ("/".join(parts[:i]) for i in range(1, len(parts))) if prefix in files),
+                       None)
+            if way is not None:
+                raise self._in_the_way(self.root / way, rel)
             if rel not in self._owned:
                 if os.path.lexists(path) and not self.overwrite:
                     how = (f"pass {param('overwrite')} to replace it, or " if self.overwrite is False else "")
@@ -263,9 +297,10 @@ class OwnedFolder:
         return list(dict.fromkeys(new))
 
     def claim(self, names: Iterable[os.PathLike | str]) -> list[Path]:
-        """Make `names` imrseg's to write: each one is refused as `check` says; the new
-        ones are recorded in the manifest, with one write, before any of them is
-        written. Their paths, in order."""
+        """Make `names` imrseg's, just before they are written: each one is refused as
+        `check` says; the new ones are recorded in the manifest, with one write. Only
+        for files about to be written (`write`, `log`, a batch of outputs): a claim is
+        what lets imrseg replace the file later. Their paths, in order."""
         names = list(names)
         new = self.check(names)
         if new:
@@ -286,18 +321,12 @@ class OwnedFolder:
         return ResultsLog(path)
 
     def read_bytes(self, name: os.PathLike | str) -> bytes:
-        """A regular file inside the folder, never through a link."""
+        """A regular file inside the folder, never through a link (`durable.read_regular`)."""
         path = self.path(name)
         try:
-            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0))
-        except OSError as exc:
-            if exc.errno == errno.ELOOP:
-                raise InputError(f"{show_path(path)}: is a symbolic link (remove the link)") from None
+            return read_regular(path)
+        except FileNotFoundError as exc:
             raise InputError(f"{show_path(path)}: cannot read ({exc.strerror or one_line(exc)})") from None
-        with open(fd, "rb") as fh:
-            if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
-                raise InputError(f"{show_path(path)}: not a regular file")
-            return fh.read()
 
     def is_file(self, name: os.PathLike | str) -> bool:
         """A regular file is there, reached through no link."""

@@ -29,6 +29,7 @@ from imrseg.data.lists import fetch_list
 from imrseg.errors import CheckpointError, ImrsegError, InputError
 from imrseg.evaluation import BenchmarkSettings
 from imrseg.evaluation.loop import EvalSettings
+from imrseg.evaluation.settings import report_folder
 from imrseg.evaluation.state import MAX_PIXELS, RunState
 from imrseg.guard import MANIFEST
 from imrseg.hub.weights import read_config
@@ -275,8 +276,11 @@ def test_the_report_never_takes_the_name_of_imrseg_s_own_files(tmp_path, name):
 def test_a_report_imrseg_wrote_is_replaced_a_user_s_is_not(tmp_path):
     report = tmp_path / "r.json"
     BenchmarkSettings("pascal", tmp_path, fold=0, report=report).check()
-    report.write_text("{}")  # as imrseg's report, once claimed
+    with report_folder(report) as folder:  # as the evaluation writes its report
+        folder.write(report.name, b"{}")
     BenchmarkSettings("pascal", tmp_path, fold=0, report=report).check()
+    # Checked, never written: the name is not imrseg's, so a file put there is the user's.
+    BenchmarkSettings("pascal", tmp_path, fold=0, report=tmp_path / "mine.json").check()
     (tmp_path / "mine.json").write_text("{}")
     with pytest.raises(ImrsegError, match="mine.json: exists and was not written by imrseg; move it"):
         BenchmarkSettings("pascal", tmp_path, fold=0, report=tmp_path / "mine.json").check()

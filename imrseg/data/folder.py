@@ -100,7 +100,7 @@ def _split(benchmark: str, root: Path, data: FolderData, class_ids: list[int], s
         entries += [(n, c) for n in names]
         classwise[c] = tuple(sorted(names, key=_numeric_order))
     if sha256 is None:
-        sha256 = sha256_bytes("\n".join(f"{c} {n}" for n, c in entries).encode())
+        sha256 = sha256_bytes(os.fsencode("\n".join(f"{c} {n}" for n, c in entries)))
     return Split(benchmark, None, root, sha256, official, tuple(class_ids), data.class_names, tuple(entries),
                  classwise)
 

@@ -100,7 +100,8 @@ def report_folder(path: os.PathLike | str) -> OwnedFolder:
 
 
 def _check_report(path: Path) -> None:
-    """Find an unwritable report before the evaluation, not after it: by claiming it
-    (the guard turns a folder it cannot make or write into a one-line error)."""
+    """Find a report that cannot be written before the evaluation, not after it: a
+    folder that cannot be made, a link on the way, a file of the user's there. Nothing
+    is claimed: the name becomes imrseg's only when the report is written."""
     with report_folder(path) as folder:
-        folder.claim([path.name])
+        folder.check([path.name])

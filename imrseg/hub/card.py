@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ..data.classes import BENCHMARK_TITLES, PAPER_TABLES
+from ..errors import show_path
 from .registry import load_registry
 from .weights import WEIGHTS_FILE, WeightsInfo
 
@@ -57,7 +58,7 @@ def imported_card(info: WeightsInfo, repo_id: str = "<repo id>") -> str:
          ("benchmark", benchmark),
          ("test fold", str(info.fold) if info.fold is not None else "unknown"),
          ("refinement steps", str(info.steps)),
-         ("the fold's classes", ", ".join(info.class_names) if info.class_names else "unknown"),
+         ("the fold's classes", ", ".join(map(show_path, info.class_names)) if info.class_names else "unknown"),
          ("1-shot mIoU (%) in the paper", _paper_figure(info.backbone, info.benchmark, info.fold, "")),
          (f"sha256 of {WEIGHTS_FILE}", f"`{info.sha256}`")],
         ["```bash", "pip install imrseg", f"imrseg weights info {repo_id}", "```", "",
@@ -80,7 +81,7 @@ def trained_card(model, settings, best: dict, origin: str, weights_sha256: str) 
         "Code of the paper: {code}.",
         [("backbone", f"{model.backbone_name} (frozen)"),
          ("refinement steps", str(model.steps)),
-         ("validation classes", ", ".join(model.class_names or []) or "unknown"),
+         ("validation classes", ", ".join(map(show_path, model.class_names or [])) or "unknown"),
          ("validation mIoU (%)", f"{best['val_miou']:.2f} (epoch {best['epoch']})"),
          ("validation FB-IoU (%)", f"{best['val_fb_iou']:.2f}"),
          ("validated on", validation),

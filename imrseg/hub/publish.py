@@ -47,7 +47,7 @@ def import_official(checkpoint: str | os.PathLike, out: str | os.PathLike, bench
     written); a folder imported into before has its files replaced."""
     config, model = convert_official(checkpoint, benchmark, fold)
     with OwnedFolder(out, parameter="out", overwrite=None) as folder:
-        folder.claim([CONFIG_FILE, WEIGHTS_FILE, CARD_FILE])
+        folder.check([CONFIG_FILE, WEIGHTS_FILE, CARD_FILE])  # refused now, before any is written
         folder.write(CONFIG_FILE, config_bytes(config))
         folder.write(WEIGHTS_FILE, safetensors_bytes(model))
         _, info = resolve_weights(str(folder.root))  # as every command will read it

@@ -63,8 +63,9 @@ def thumbnail(folder: OwnedFolder, query: QueryRow) -> str:
 
 
 def _href(rel: str) -> str:
-    """A relative path as a link: every character a URL gives meaning to escaped."""
-    return quote(rel, safe="/")
+    """A relative path as a link: every character a URL gives meaning to escaped, and
+    a name that is not UTF-8 by its bytes on disk."""
+    return quote(os.fsencode(rel), safe="/")
 
 
 def _image_link(folder: OwnedFolder, query: QueryRow) -> str | None:
@@ -98,13 +99,13 @@ def build_gallery(out: OwnedFolder | os.PathLike | str) -> Path:
     a folder, or the OwnedFolder a run holds."""
     with opened(out) as folder:
         run = read_finished(folder)
-        folder.claim([GALLERY_FILE])  # refused now, if it is not imrseg's, before any thumbnail is written
+        folder.check([GALLERY_FILE])  # refused now, if it is not imrseg's, before any thumbnail is written
         entries = sorted((_entry(run, q) for q in run.queries),
                          key=lambda e: (-1.0 if e["score"] is None else e["score"], e["name"]))
         classes = [{"index": i, "label": label, "colour": "rgb(%d,%d,%d)" % class_colour(i)}
                    for i, label in enumerate(run.labels, start=1)]
         data = json.dumps({"classes": classes, "queries": entries}, ensure_ascii=True).translate(SCRIPT_SAFE)
-        fill = {"title": html.escape(f"imrseg: {folder.root.name}"), "data": data}
+        fill = {"title": html.escape(show_path(f"imrseg: {folder.root.name}")), "data": data}
         page = re.sub(r"\{\{(title|data)\}\}", lambda m: fill[m[1]], _page())  # one pass: no value is read as a slot
         folder.write(GALLERY_FILE, page.encode("utf-8"))
         return folder.given / GALLERY_FILE

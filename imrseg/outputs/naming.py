@@ -11,6 +11,7 @@ import itertools
 import os
 import re
 import stat
+import unicodedata
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -61,9 +62,16 @@ def output_stem(image_path: os.PathLike | str, root: os.PathLike | str, out_dir:
     return stem
 
 
+def _same_name(name: str) -> str:
+    """What two names that one filesystem or another takes for the same one have in
+    common: the name caseless (macOS, Windows, exFAT) and in one Unicode normal form
+    (macOS stores `é` decomposed, `e` + accent; Linux keeps whichever it is given)."""
+    return unicodedata.normalize("NFC", name).casefold()
+
+
 def _key(path: Path) -> str:
-    """Identity of a file to be written: real folder + name, caseless (macOS/Windows/exFAT)."""
-    return os.path.join(os.path.realpath(path.parent), path.name).casefold()
+    """Identity of a file to be written: real folder + name, as `_same_name`."""
+    return _same_name(os.path.join(os.path.realpath(path.parent), path.name))
 
 
 _STEP_FILE = re.compile(r"(.*)_step\d+\.png", re.DOTALL)
@@ -81,7 +89,8 @@ def plan_outputs(
     outputs would overwrite another's (`a.jpg` -> `a_cam.png` vs `a_cam.jpg` -> `a_cam.png`)
     or overwrite an input image (out_dir inside the input folder) or a file in `protect`
     (the other inputs: supports, support masks), the later image gets `<name>_<ext>`,
-    then `<name>_<ext>_2`, `_3`, ... Deterministic for the same inputs, compared caselessly.
+    then `<name>_<ext>_2`, `_3`, ... Deterministic for the same inputs, compared as
+    `_same_name` does (caseless, one Unicode normal form).
     `tags` go before the CAM, probability and step suffixes: one per class of a
     multi-class run (`file_tags`), so `a_dog_prob.png` is claimed too.
     """
@@ -157,14 +166,14 @@ def completed_outputs(stem: os.PathLike | str, required_suffixes: Sequence[str])
 
 def label_slugs(labels: Sequence[str]) -> list[str]:
     """A distinct file-name-safe form of each label, for per-class files
-    (`traffic cone` -> `traffic_cone`; a clash gets `_2`, `_3`, ... caselessly)."""
+    (`traffic cone` -> `traffic_cone`; a clash gets `_2`, `_3`, ... as `_same_name` compares)."""
     taken, out = set(), []
     for label in labels:
         base = re.sub(r"[^\w-]+", "_", label.strip()).strip("_")[:64] or "class"
         slug, n = base, 2
-        while slug.casefold() in taken:
+        while _same_name(slug) in taken:
             slug, n = f"{base}_{n}", n + 1
-        taken.add(slug.casefold())
+        taken.add(_same_name(slug))
         out.append(slug)
     return out
 

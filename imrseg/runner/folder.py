@@ -5,7 +5,8 @@ without a model does so before one loads:
    lock, one run at a time; the files imrseg wrote there, which it may replace; no
    link below it followed) and fold in the rows of a distributed run that was killed;
 2. read results.jsonl (`History`): the folder's fingerprint, the finished queries,
-   and the files imrseg wrote there, which are never read back as inputs;
+   and the files imrseg wrote there, which (with the manifest's) are never read back
+   as inputs, while any other image in the folder is one;
 3. find and check the supports and queries, fingerprint the run (hashing the weight
    files, not loading them) and stop if the folder holds another run's outputs;
 4. plan the outputs (never over an input), keep what is finished, stop if one would
@@ -101,8 +102,9 @@ def _open(settings: RunSettings, shard: Shard) -> OwnedFolder:
 def _plan(settings: RunSettings, folder: OwnedFolder) -> RunPlan:
     out = settings.out
     history = History(out)
-    # `out` may be an input folder: what imrseg wrote there is never an input.
-    exclude = [out, *(out / name for name in history.written)]
+    # `out` may be, or lie inside, an input folder: what imrseg wrote there (by the folder's
+    # manifest and results.jsonl) is never an input; the user's own images there are.
+    exclude = [folder.root / name for name in folder.owned]
     supports = [[] if settings.zero_shot else [image for image, _ in find_images(spec.supports, exclude=exclude)]
                 for spec in settings.classes]
     # load_supports checks them (and their masks) now, before the weights are even read.

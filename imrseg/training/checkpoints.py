@@ -130,7 +130,7 @@ class RunFolder:
                 raise ImrsegError(f"{show_path(path)}: is not {kind}; imrseg keeps the run's {name} there (move it, "
                                   f"or choose another {param('out')})")
         self.folder.clean(["", "last", "best"])
-        self.folder.claim(FILES)
+        self.folder.check(FILES)  # each becomes imrseg's only when it is written
 
     # -------------------------------------------------------------- run.json
     def begin(self, identity: dict) -> None:
