@@ -78,7 +78,9 @@ def _describe(hint) -> str:
         return "None"
     if typing.get_origin(hint) is tuple:
         return f"a list or tuple of {_describe(typing.get_args(hint)[0])}"
-    return "a path" if hint is Path else f"a {hint.__name__}"
+    if hint is Path:
+        return "a path"
+    return f"{'an' if hint.__name__[0] in 'aeiouAEIOU' else 'a'} {hint.__name__}"
 
 
 def check_fields(settings) -> None:

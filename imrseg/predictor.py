@@ -196,7 +196,7 @@ class Predictor:
 
     def set_zero_shot(self, labels: Sequence[str]) -> None:
         """Classes with no supports: each query is its own (the paper's zero-shot mode)."""
-        self._declare(list(labels))
+        self._declare(check_sequence("labels", labels))
 
     def _declare(self, labels: list[str]) -> None:
         labels = check_labels(labels)
