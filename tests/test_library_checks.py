@@ -191,7 +191,7 @@ SIZES = st.one_of(st.none(), st.tuples(st.integers(-2, 48), st.integers(-2, 48))
 STEPS = st.one_of(st.none(), st.integers(-2, 1), st.sampled_from(["1", 1.0, True]))
 
 
-@settings(max_examples=12, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=8, deadline=None, suppress_health_check=list(HealthCheck))
 @given(image=IMAGES, size=SIZES, steps=STEPS)
 def test_predict_gives_a_mask_or_an_input_error(ready, image, size, steps):
     try:
