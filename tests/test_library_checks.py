@@ -4,6 +4,8 @@ naming the parameter, and never with another exception from deep inside; torch's
 precision settings are the caller's again after every call, under either API."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -13,10 +15,10 @@ from PIL import Image
 from conftest import write_image
 from imrseg.clip.cam import ClipCAM
 from imrseg.errors import InputError
-from imrseg.evaluation import BenchmarkSettings
+from imrseg.evaluation import BenchmarkSettings, run_benchmark
 from imrseg.predictor import Predictor
 from imrseg.runner import ClassSpec, RunSettings, run_folder
-from imrseg.training import TrainSettings
+from imrseg.training import TrainSettings, train
 
 FEW = settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
 
@@ -133,12 +135,11 @@ def test_settings_refuse_values_of_the_wrong_type(make, error, message):
 
 def test_settings_keep_paths_given_as_text():
     run = RunSettings(queries=["q.jpg"], out="o", label="cat", supports=["s.jpg"])
-    assert run.queries == (__import__("pathlib").Path("q.jpg"),) and run.out.name == "o"
+    assert run.queries == (Path("q.jpg"),) and run.out == Path("o")
     assert run.classes[0].supports[0].name == "s.jpg"
 
 
-@pytest.mark.parametrize("entry", [run_folder, lambda s: __import__("imrseg.training").training.train(s),
-                                   lambda s: __import__("imrseg.evaluation").evaluation.run_benchmark(s)])
+@pytest.mark.parametrize("entry", [run_folder, train, run_benchmark])
 def test_the_runs_take_their_settings_object_only(entry):
     with pytest.raises(TypeError, match="^`settings` must be a"):
         entry({"label": "cat"})
