@@ -328,3 +328,30 @@ def test_predict_works_whatever_precision_api_the_caller_used(torch_defaults, re
     prediction = ready.predict(_image((20, 16), seed=2))
     assert prediction.mask.shape == (16, 20)
     assert _precision_settings() == before
+
+
+# ------------------------------------------------------------ a checkpoint's sizes
+def test_a_checkpoint_is_checked_from_its_header_before_a_tensor_is_read(recipe_weight_files, tmp_path,
+                                                                         monkeypatch):
+    """A model.safetensors whose header declares other names or sizes than the model's is
+    refused from the header: no tensor of it is read into memory."""
+    import safetensors.torch
+    from safetensors.torch import load_file, save_file
+
+    from imrseg.errors import CheckpointError
+    from imrseg.hub import WEIGHTS_FILE, resolve_weights
+    from imrseg.hub.publish import import_official
+
+    folder = tmp_path / "hub"
+    import_official(recipe_weight_files["weights"], folder, "pascal", 0)
+    tensors = load_file(str(folder / WEIGHTS_FILE))
+    name = next(k for k, v in tensors.items() if v.dim() == 4)
+    tensors[name] = torch.zeros(2048, *tensors[name].shape[1:])  # declared larger than the model's
+    save_file(tensors, str(folder / WEIGHTS_FILE))
+
+    def read_all(*args, **kwargs):
+        raise AssertionError("the tensors were read before their sizes were checked")
+
+    monkeypatch.setattr(safetensors.torch, "load_file", read_all)
+    with pytest.raises(CheckpointError, match=f"1 shape mismatches \\(e.g. {name} \\(2048, "):
+        resolve_weights(str(folder))
