@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import re
 
+from .arguments import type_error
 from .errors import InputError
 
 PRECISIONS = ("fp32", "tf32", "fp16", "bf16")
@@ -20,6 +21,17 @@ PRECISIONS = ("fp32", "tf32", "fp16", "bf16")
 QUERY_MEMORY_MIB = {"fp32": 420, "tf32": 420, "bf16": 280, "fp16": 280}
 # The most queries per batch chosen by default: more gains nothing measurable.
 MAX_DEFAULT_BATCH = 64
+
+
+def device_of(device):
+    """A torch.device as it is; a string as `resolve_device` reads it."""
+    import torch
+
+    if isinstance(device, torch.device):
+        return device
+    if not isinstance(device, str):
+        raise type_error("device", device, "a str or torch.device")
+    return resolve_device(device)
 
 
 def resolve_device(spec: str = "auto"):
@@ -66,9 +78,18 @@ def batch_for_memory(total_mib: float, precision: str) -> int:
     return max(1, min(MAX_DEFAULT_BATCH, int(total_mib / 2 // QUERY_MEMORY_MIB[precision])))
 
 
-def check_precision(precision: str, device) -> str:
+def check_precision_name(precision: str) -> str:
+    """`precision`, one of PRECISIONS (what any device may be asked for)."""
+    if not isinstance(precision, str):
+        raise type_error("precision", precision, "a str")
     if precision not in PRECISIONS:
-        raise InputError(f"`precision` {precision}: expected one of {', '.join(PRECISIONS)}")
+        raise InputError(f"`precision` {precision!r}: expected one of {', '.join(PRECISIONS)}")
+    return precision
+
+
+def check_precision(precision: str, device) -> str:
+    """`precision`, known and possible on `device`."""
+    check_precision_name(precision)
     if precision == "fp16" and device.type == "cpu":
         raise InputError("`precision` fp16 needs a GPU; use fp32 or bf16 on the CPU")
     return precision
@@ -77,9 +98,15 @@ def check_precision(precision: str, device) -> str:
 @contextlib.contextmanager
 def float32_mode(precision: str):
     """TF32 off for `fp32` (IEEE fp32 matmuls and convolutions), on for the fast modes,
-    for the block; the flags the caller had are restored after it."""
+    for the block; what the caller had is restored after it, exactly. A torch with the
+    per-operation precision settings (`torch.backends.fp32_precision`) is set through
+    them, an older one through its TF32 flags: mixing the two makes torch's getters raise."""
     import torch
 
+    if hasattr(torch.backends, "fp32_precision"):
+        with _fp32_precision(torch, precision):
+            yield
+        return
     matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
     before = (matmul.allow_tf32, cudnn.allow_tf32)
     matmul.allow_tf32 = cudnn.allow_tf32 = precision != "fp32"
@@ -87,6 +114,45 @@ def float32_mode(precision: str):
         yield
     finally:
         matmul.allow_tf32, cudnn.allow_tf32 = before
+
+
+@contextlib.contextmanager
+def _fp32_precision(torch, precision: str):
+    """float32_mode through torch's per-operation settings. What a caller set through the
+    older calls (`set_float32_matmul_precision`, cuDNN's `allow_tf32`) is kept in agreement
+    for the block, as torch checks that both agree when it reads either, and given back;
+    then every per-operation setting this changes is put back as it was. An older setting
+    the caller left unreadable (already disagreeing) is left so."""
+    backends = torch.backends
+    ieee = precision == "fp32"
+    # CUDA's for every precision (cuDNN's recurrent ones too, which torch checks with its
+    # convolutions'); oneDNN's (CPU) only turned to IEEE for fp32, as TF32 is CUDA's.
+    every = (backends.cuda.matmul, backends.cudnn.conv, backends.cudnn.rnn, backends.mkldnn.matmul,
+             backends.mkldnn.conv)
+    settings = every if ieee else every[:3]
+    before = [s.fp32_precision for s in every]
+    older = []  # (setter, the caller's value, the block's value)
+    for get, put, value in ((torch.get_float32_matmul_precision, torch.set_float32_matmul_precision,
+                             "highest" if ieee else "high"),
+                            (lambda: backends.cudnn.allow_tf32, lambda v: setattr(backends.cudnn, "allow_tf32", v),
+                             not ieee)):
+        try:
+            older.append((put, get(), value))
+        except RuntimeError:  # the caller's settings already disagree: theirs to keep
+            pass
+    try:
+        for put, _, value in older:
+            put(value)
+        for setting in settings:
+            setting.fp32_precision = "ieee" if ieee else "tf32"
+        if not ieee:  # set_float32_matmul_precision turned oneDNN's matmul too: the caller's again
+            backends.mkldnn.matmul.fp32_precision = before[3]
+        yield
+    finally:
+        for put, value, _ in older:
+            put(value)
+        for setting, value in zip(every, before):
+            setting.fp32_precision = value
 
 
 def autocast(device, precision: str):

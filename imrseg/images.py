@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from .errors import InputError, one_line, show_path
+from .arguments import check_sequence, type_error
+from .errors import InputError, one_line, param, show_path
 
 # Pillow's own hard limit (2 * Image.MAX_IMAGE_PIXELS at its default), so the default
 # behaviour matches stock Pillow while the message says how to raise it.
@@ -199,6 +200,48 @@ def load_image_bytes(data: bytes, name: str, max_pixels: int | None = None,
     return LoadedImage(image=rgb, size=size, path=Path(name))
 
 
+def check_pixels(what: str, width: int, height: int, max_pixels: int | None = None) -> None:
+    """InputError, its message starting with `what`, unless a picture of `width` x `height`
+    has pixels and at most `max_pixels` of them (None or 0: DEFAULT_MAX_PIXELS): the bound
+    on every picture imrseg reads, makes or is handed."""
+    limit = max_pixels or DEFAULT_MAX_PIXELS
+    if width <= 0 or height <= 0:
+        raise InputError(f"{what}: image has zero width or height")
+    if width * height > limit:
+        raise InputError(f"{what}: image has {width * height} pixels, over the limit of {limit} "
+                         "(decompression-bomb guard); pass `max_pixels` to raise it")
+
+
+def check_picture(name: str, image, max_pixels: int | None = None) -> Image.Image:
+    """A PIL image handed to the library (parameter `name`), within the pixel limit."""
+    if not isinstance(image, Image.Image):
+        raise type_error(name, image, "a PIL image")
+    check_pixels(param(name), *image.size, max_pixels)
+    return image
+
+
+def check_size(name: str, size, max_pixels: int | None = None) -> tuple[int, int]:
+    """A (W, H) to make a picture at (parameter `name`), within the pixel limit."""
+    values = check_sequence(name, size)
+    if len(values) != 2 or any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) for v in values):
+        raise InputError(f"{param(name)} {size!r}: expected (width, height), two whole numbers")
+    width, height = int(values[0]), int(values[1])
+    check_pixels(f"{param(name)} {width}x{height}", width, height, max_pixels)
+    return width, height
+
+
+def check_drawn_mask(what: str, mask, size: tuple[int, int], support: str) -> np.ndarray:
+    """A support's drawn mask as (H, W) bool: a 2-D array of its support's size (W, H);
+    `what` names the mask and `support` its support in the message."""
+    if not isinstance(mask, np.ndarray):
+        raise type_error("masks", mask, "a numpy array")
+    if mask.ndim != 2 or mask.shape[::-1] != tuple(size):
+        shape = f"{mask.shape[1]}x{mask.shape[0]}" if mask.ndim == 2 else f"of shape {mask.shape}"
+        raise InputError(f"{what}: mask is {shape} but its support {support} is {size[0]}x{size[1]}; "
+                         "a mask is (height, width), one value per pixel of its support")
+    return mask.astype(bool)
+
+
 def load_mask(path: os.PathLike | str, max_pixels: int | None = None) -> np.ndarray:
     """Read a drawn mask file: (H, W) bool at full resolution, upright as its image
     (EXIF orientation applied). A pixel is object when it is not transparent (alpha 0,
@@ -277,13 +320,7 @@ def _decode_file(fh, path: Path | str, limit: int, long_side: int,
             raise InputError(f"{show_path(path)}: unreadable image header ({one_line(exc)})") from exc
 
         width, height = img.size
-        if width <= 0 or height <= 0:
-            raise InputError(f"{show_path(path)}: image has zero width or height")
-        if width * height > limit:
-            raise InputError(
-                f"{show_path(path)}: image has {width * height} pixels, over the limit of {limit} "
-                "(decompression-bomb guard); pass `max_pixels` to raise it"
-            )
+        check_pixels(show_path(path), width, height, limit)
         # Sizes are in the decoder's frame until the final transpose; _fit is the same
         # in either frame, so the draft needs no orientation.
         target = _fit((width, height), long_side)

@@ -11,7 +11,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .errors import InputError
+from .arguments import check_sequence, check_text
+from .errors import InputError, param
 
 # 0 is background and 255 is VOC's "void" colour, so 254 classes fit in one mask.
 MAX_CLASSES = 254
@@ -31,6 +32,21 @@ def check_distinct_labels(labels: Sequence[str]) -> None:
         if key in seen:
             raise InputError(f"the labels {seen[key]!r} and {label!r} name the same class; give it once")
         seen[key] = label
+
+
+def check_labels(labels) -> list[str]:
+    """The classes of a run or a predictor, as a list: at least one, each a name that is
+    not blank, no two the same class, as many as one indexed mask holds."""
+    labels = check_sequence("labels", labels)
+    if not labels:
+        raise InputError("no classes: give at least one label")
+    for label in labels:
+        check_text("label", label)
+        if not label.strip():
+            raise InputError(f"the label is empty; pass {param('label')} with the name of the object to segment")
+    check_class_count(len(labels))
+    check_distinct_labels(labels)
+    return labels
 
 
 def index_mask(masks: Sequence[np.ndarray], probs: Sequence[np.ndarray]) -> np.ndarray:

@@ -20,10 +20,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .devices import autocast, check_precision, float32_mode, resolve_device
-from .errors import InputError
-from .clip.vocabulary import class_vocabulary
-from .multiclass import check_class_count, check_distinct_labels, index_mask
+from .arguments import check_count, check_sequence, check_text, type_error
+from .devices import autocast, check_precision, device_of, float32_mode
+from .errors import InputError, param
+from .images import check_drawn_mask, check_picture, check_size
+from .clip.cam import check_cam_mode
+from .clip.vocabulary import check_template, class_vocabulary
+from .multiclass import check_labels, index_mask
 from .models import IMRHSNet
 from .scores import query_score
 from .transforms import CAM_SIZE, device_batch, mask_to_cam, network_pixels
@@ -127,11 +130,14 @@ class Predictor:
     def __init__(self, model: IMRHSNet, cam=None, device: str | torch.device = "cpu",
                  steps: int | None = None, vocabulary: Sequence[str] | None = None,
                  precision: str = "fp32"):
-        self.device = torch.device(device)
-        self.precision = precision
+        if not isinstance(model, torch.nn.Module):
+            raise type_error("model", model, "an IMRHSNet")
+        _check_options(steps, vocabulary)
+        self.device = device_of(device)
+        self.precision = check_precision(precision, self.device)
         self.model = model.to(self.device).eval()
         self.cam = cam
-        self.steps = steps or model.steps
+        self.steps = model.steps if steps is None else steps
         self.extra_vocabulary = list(vocabulary) if vocabulary else None
         self.weights_info = self.clip_info = None  # where the weights came from, when built from specs
         # label -> K (support features, CAM) pairs of batch 1, or None: the query is its own support.
@@ -148,7 +154,14 @@ class Predictor:
         from .clip.cam import ClipCAM
         from .hub import resolve_clip, resolve_steps, resolve_weights
 
-        torch_device = resolve_device(device) if isinstance(device, str) else torch.device(device)
+        for name, spec in (("weights", weights), ("clip", clip), ("template", template),
+                           ("hub_namespace", hub_namespace)):
+            if spec is not None:
+                check_text(name, spec)
+        _check_options(steps, vocabulary)
+        check_template(template or DEFAULT_TEMPLATE)
+        check_cam_mode(cam_mode, "cam_mode")
+        torch_device = device_of(device)
         precision = check_precision(precision, torch_device)
         model, weights_info = resolve_weights(weights, hub_namespace, device=torch_device)
         clip_model, tokenizer, clip_info = resolve_clip(clip, device=torch_device)
@@ -184,12 +197,7 @@ class Predictor:
         """Each class's supports computed once, as `set_supports` caches them, but
         handed back instead of becoming the predictor's classes: `{label: (images,
         masks)}`, or `{label: None}` for a zero-shot class."""
-        for label, given in classes.items():
-            images, masks = given or ((), None)
-            if given is not None and not images:
-                raise InputError(f"no support images for {label!r}: pass at least one support")
-            if masks is not None and len(masks) != len(images):
-                raise InputError(f"{label!r}: {len(images)} support images but {len(masks)} support masks")
+        classes = _checked_supports(classes)
         labels = list(classes)
         self._check_labels(labels)
         shots: dict[str, list | None] = dict.fromkeys(labels)
@@ -210,17 +218,15 @@ class Predictor:
     def set_support(self, images: Sequence[Image.Image], label: str,
                     masks: Sequence[np.ndarray] | None = None) -> None:
         """One class: `set_supports({label: (images, masks)})`."""
+        check_text("label", label)
         self.set_supports({label: (images, masks)})
 
     def set_zero_shot(self, labels: Sequence[str]) -> None:
         """Classes with no supports: each query is its own (the paper's zero-shot mode)."""
-        self._shots = self.support_set(dict.fromkeys(labels)).shots
+        self._shots = self.support_set(dict.fromkeys(check_labels(labels))).shots
 
     def _check_labels(self, labels: list[str]) -> None:
-        if not labels:
-            raise InputError("no classes: give at least one label")
-        check_class_count(len(labels))
-        check_distinct_labels(labels)
+        labels = check_labels(labels)
         if self.cam is not None:
             for label in labels:
                 self.cam.check_label(label)
@@ -229,11 +235,13 @@ class Predictor:
     def prepare(self, image: Image.Image) -> QueryPixels:
         """The query's resizes (PIL, exact as the authors'), ready for `predict_classes`:
         thread-safe, so a run prepares queries on its decoding workers."""
+        check_picture("image", image)
         clip = self.cam.pixels(image) if self.cam is not None else None
         return QueryPixels(network_pixels(image), clip, image.size)
 
     def predict(self, image: Image.Image, steps: int | None = None, size=None) -> Prediction:
-        return self.predict_batch([image], steps, [size] if size else None)[0]
+        check_picture("image", image)
+        return self.predict_batch([image], steps, None if size is None else [check_size("size", size)])[0]
 
     def predict_batch(self, images: Sequence[Image.Image], steps: int | None = None,
                       sizes: Sequence[tuple] | None = None) -> list[Prediction]:
@@ -254,10 +262,14 @@ class Predictor:
         keeps only what it writes); with several classes the probabilities always do,
         since they decide where masks overlap. `supports`: a `support_set` to segment
         against instead of the predictor's own classes."""
+        if supports is not None and not isinstance(supports, SupportSet):
+            raise type_error("supports", supports, "a SupportSet made by support_set")
         shots = supports.shots if supports is not None else self._shots
         if not shots:
             raise InputError("no classes: call set_supports (or set_zero_shot) first")
-        unknown = set(keep) - set(HOST_RESULTS)
+        images = _checked_queries(images, steps, sizes)
+        keep = check_sequence("keep", keep)
+        unknown = set(map(str, keep)) - set(HOST_RESULTS)
         if unknown:
             raise InputError(f"`keep` {sorted(unknown)}: expected some of {', '.join(HOST_RESULTS)}")
         labels = list(shots)
@@ -275,6 +287,8 @@ class Predictor:
     def predict_zero_shot(self, images: Sequence[Image.Image], label: str, steps: int | None = None,
                           sizes: Sequence[tuple] | None = None) -> list[Prediction]:
         """The paper's zero-shot mode for one class: each query is its own support."""
+        check_text("label", label)
+        _checked_queries(images, steps, sizes)
         self.set_zero_shot([label])
         return self.predict_batch(images, steps, sizes)
 
@@ -304,6 +318,63 @@ class Predictor:
         (N, 3, 400, 400) batch on the predictor's device: uint8 crosses to the device,
         normalised there."""
         return device_batch(images, network_pixels, self.device)
+
+
+def _check_options(steps, vocabulary) -> None:
+    if steps is not None:
+        check_count("steps", steps)
+    if vocabulary is not None:
+        for name in check_sequence("vocabulary", vocabulary):
+            check_text("vocabulary", name)
+
+
+def _checked_supports(classes) -> dict:
+    """`support_set`'s classes checked before any is computed: each a label, and None
+    (zero-shot) or one or more PIL images and None or one drawn mask per image, of its
+    size (as bool)."""
+    if not isinstance(classes, Mapping):
+        raise type_error("classes", classes, "a dict of label: (images, masks)")
+    checked = {}
+    for label, pair in classes.items():
+        check_text("label", label)
+        if pair is None:  # zero-shot: the query is its own support
+            checked[label] = None
+            continue
+        if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+            raise type_error("classes", pair, "(images, masks) for each label")
+        images, masks = check_sequence("images", pair[0]), pair[1]
+        if not images:
+            raise InputError(f"no support images for {label!r}: pass at least one support")
+        for image in images:
+            check_picture("images", image)
+        if masks is not None:
+            masks = check_sequence("masks", masks)
+            if len(masks) != len(images):
+                raise InputError(f"{label!r}: {len(images)} support images but {len(masks)} support masks")
+            masks = [check_drawn_mask(f"{param('masks')}[{k}] of {label!r}", mask, image.size, f"image {k}")
+                     for k, (image, mask) in enumerate(zip(images, masks))]
+        checked[label] = (images, masks)
+    return checked
+
+
+def _checked_queries(images, steps, sizes) -> list:
+    """The queries (PIL images or QueryPixels), refinement steps and output sizes of a
+    prediction, checked before anything runs."""
+    images = check_sequence("images", images)
+    if not images:
+        raise InputError(f"{param('images')} is empty: give at least one query")
+    for image in images:
+        if not isinstance(image, QueryPixels):
+            check_picture("images", image)
+    if steps is not None:
+        check_count("steps", steps)
+    if sizes is not None:
+        sizes = check_sequence("sizes", sizes)
+        if len(sizes) != len(images):
+            raise InputError(f"{param('sizes')}: {len(sizes)} sizes for {len(images)} images; give one (W, H) each")
+        for size in sizes:
+            check_size("sizes", size)
+    return images
 
 
 def _prediction(result, cam: torch.Tensor, keep: set[str]) -> Prediction:

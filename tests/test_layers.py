@@ -14,7 +14,7 @@ PACKAGE = ROOT / "imrseg"
 
 # The layer order, bottom first: a module may import from its own layer and those before it.
 LAYERS = [
-    ("base", ["imrseg", "imrseg.errors", "imrseg.paths", "imrseg.durable", "imrseg.guard", "imrseg.images"]),
+    ("base", ["imrseg", "imrseg.errors", "imrseg.arguments", "imrseg.paths", "imrseg.durable", "imrseg.guard", "imrseg.images"]),
     ("facts", ["imrseg.data"]),
     ("compute", ["imrseg.devices", "imrseg.distributed", "imrseg.interrupts", "imrseg.prefetch", "imrseg.scores",
                  "imrseg.multiclass", "imrseg.models", "imrseg.transforms"]),

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..errors import InputError
+from ..errors import InputError, param
 from ..transforms import CAM_SIZE, CLIP_MEAN, CLIP_MODES, CLIP_STD, clip_input, clip_pixels, device_batch
 from .vocabulary import DEFAULT_TEMPLATE, check_template
 
@@ -34,6 +34,12 @@ def postprocess_cam(raw: np.ndarray, input_size: int) -> np.ndarray:
     cam = np.maximum(raw.astype(np.float32), 0)
     cam = cv2.resize(np.float32(_scale01(cam)), (input_size, input_size))
     return np.float32(_scale01(np.maximum(cam, 0)))
+
+
+def check_cam_mode(mode: str, name: str = "mode") -> str:
+    if not isinstance(mode, str) or mode not in CAM_MODES:
+        raise InputError(f"{param(name)} {mode!r} is not a CAM mode; expected one of {', '.join(CAM_MODES)}")
+    return mode
 
 
 def check_label(tokenizer, template: str, label: str, context_length: int = 77) -> None:
@@ -60,8 +66,7 @@ class ClipCAM:
 
     def __init__(self, model: torch.nn.Module, tokenizer=None, template: str = DEFAULT_TEMPLATE,
                  mode: str = "official", device: str | torch.device | None = None):
-        if mode not in CAM_MODES:
-            raise InputError(f"`mode` {mode!r} is not a CAM mode; expected one of {', '.join(CAM_MODES)}")
+        check_cam_mode(mode)
         check_template(template)
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         self.model = model.to(self.device).eval().requires_grad_(False)

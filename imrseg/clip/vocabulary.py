@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from string import Formatter
 
+from ..arguments import check_text
 from ..errors import InputError
 
 DEFAULT_TEMPLATE = "a photo of a {c}"  # the authors' prompt
@@ -42,22 +43,27 @@ def _same_thing(a: str, b: str) -> bool:
 
 def check_template(template: str) -> None:
     """InputError unless `template` is a prompt with the class name as `{c}` and no other
-    field (literal braces are written `{{` and `}}`), so `template.format(c=name)` works."""
+    field (literal braces are written `{{` and `}}`), so `template.format(c=name)` works.
+    The name goes in as it is: a format spec or conversion (`{c:>9999}`, `{c!r}`) is
+    refused, as it could make the prompt any length."""
     hint = "write the class name as {c} and literal braces as {{ and }}"
+    check_text("template", template)
     try:
-        fields = [name for _, name, _, _ in Formatter().parse(template) if name is not None]
+        parsed = [(name, spec, conversion) for _, name, spec, conversion in Formatter().parse(template)
+                  if name is not None]
     except ValueError as exc:  # a lone brace
         raise InputError(f"`template` {template!r} is not a template ({exc}); {hint}") from None
+    fields = [name for name, _, _ in parsed]
+    shaped = [f"{{{name}{'!' + conversion if conversion else ''}{':' + spec if spec else ''}}}"
+              for name, spec, conversion in parsed if spec or conversion]
+    if shaped:
+        raise InputError(f"`template` {template!r} has {', '.join(shaped)}: the class name goes in as it is, "
+                         f"with no format spec or conversion; {hint}")
     others = sorted({"{" + name + "}" for name in fields if name != "c"})
     if others:
         raise InputError(f"`template` {template!r} has {', '.join(others)}, which nothing fills in; {hint}")
     if not fields:
         raise InputError(f"`template` {template!r} has no {{c}} for the class name; {hint}")
-    try:
-        template.format(c="x")
-    except (ValueError, KeyError, IndexError) as exc:  # a bad format spec: {c:d}, {c!z}, {c:{x}}
-        raise InputError(f"`template` {template!r} does not format a class name "
-                         f"({type(exc).__name__}: {exc}); {hint}") from None
 
 
 def background_vocabulary(label: str, background: Sequence[str] | None = None,

@@ -15,6 +15,7 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..arguments import type_error
 from ..clip.vocabulary import folder_vocabulary
 from ..data.classes import BENCHMARK_CLASSES, paper_steps
 from ..data.datasets import BenchmarkData
@@ -45,6 +46,8 @@ def run_benchmark(settings: BenchmarkSettings, progress: BenchmarkProgress | Non
     from .loop import EvalSettings, evaluate
 
     progress = progress or BenchmarkProgress()
+    if not isinstance(settings, BenchmarkSettings):
+        raise type_error("settings", settings, "a BenchmarkSettings")
     settings.check()
     benchmark, fss = settings.benchmark, settings.benchmark == "fss"
     if fss:

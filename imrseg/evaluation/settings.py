@@ -8,6 +8,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..arguments import check_count, check_fields
 from ..data.classes import BACKBONE_TITLES, NUM_FOLDS, TEST_BENCHMARKS
 from ..durable import LOCK_FILE
 from ..errors import InputError, param
@@ -25,10 +26,9 @@ def check_evaluation(method: str, seed: int, **counts: int | None) -> None:
     if method not in METHODS:
         raise InputError(f"{param('method')} must be one of {', '.join(METHODS)}, not {method!r}")
     for name, value in counts.items():
-        if value is not None and value < 1:
-            raise InputError(f"{param(name)} must be 1 or more, not {value}")
-    if seed < 0:
-        raise InputError(f"{param('seed')} must be 0 or more, not {seed}")
+        if value is not None:
+            check_count(name, value)
+    check_count("seed", seed, minimum=0)
 
 
 @dataclass(frozen=True)
@@ -52,6 +52,9 @@ class BenchmarkSettings:
     batch_size: int | None = None  # None: devices.default_batch_size
     report: Path | None = None  # the results as JSON
     no_cache: bool = False  # neither read nor write the CLIP-CAM disk cache
+
+    def __post_init__(self):
+        check_fields(self)
 
     @property
     def folds(self) -> list[int | None]:

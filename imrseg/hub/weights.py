@@ -221,11 +221,17 @@ def safetensors_bytes(model) -> bytes:
     return save({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()})
 
 
-def _load_safetensors(path: Path, spec: str) -> dict:
-    from safetensors import SafetensorError
+def _load_safetensors(path: Path, spec: str, model) -> dict:
+    """The file's tensors for `model`, their declared shapes checked against the model's
+    from the file's header before any tensor is read."""
+    from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_file
 
+    from ..models.checkpoint import check_shapes
+
     try:
+        with safe_open(str(path), framework="pt", device="cpu") as header:
+            check_shapes(model, {k: tuple(header.get_slice(k).get_shape()) for k in header.keys()}, str(path))
         return load_file(str(path), device="cpu")
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"{spec}: {path} is not a readable safetensors file ({one_line(exc)})") from None
@@ -245,7 +251,7 @@ def resolve_weights(spec: str | None = None, namespace: str | None = None, devic
         from ..models.checkpoint import load_into  # after fetching: an unusable spec fails before torch loads
 
         model = build_model(read_config(files.config, source.spec), source.spec)
-        load_into(model, _load_safetensors(files.weights, source.spec), str(files.weights))
+        load_into(model, _load_safetensors(files.weights, source.spec, model), str(files.weights))
         weights, sha256, release = files.weights, files.sha256, files.release
     model = model.to(device).eval()
     entry = source.entry or load_registry().find(model.backbone_name, model.benchmark, model.fold)

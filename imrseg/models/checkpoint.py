@@ -81,11 +81,19 @@ def infer_backbone(state_dict: Mapping[str, torch.Tensor], origin: str) -> str:
 
 def load_into(model: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], origin: str) -> None:
     """Strict load with an error that says what differs."""
+    check_shapes(model, {k: tuple(v.shape) for k, v in state_dict.items()}, origin)
+    model.load_state_dict(state_dict, strict=True)
+
+
+def check_shapes(model: torch.nn.Module, declared: Mapping[str, tuple], origin: str) -> None:
+    """CheckpointError unless `declared` (name -> tensor shape, as a file states them) has
+    the model's names and shapes: checked before a tensor is read, a file cannot make
+    imrseg allocate more than the model holds."""
     expected = model.state_dict()
-    missing = [k for k in expected if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in expected]
-    shapes = [f"{k} {tuple(state_dict[k].shape)} vs {tuple(v.shape)}"
-              for k, v in expected.items() if k in state_dict and state_dict[k].shape != v.shape]
+    missing = [k for k in expected if k not in declared]
+    unexpected = [k for k in declared if k not in expected]
+    shapes = [f"{k} {tuple(declared[k])} vs {tuple(v.shape)}"
+              for k, v in expected.items() if k in declared and tuple(declared[k]) != tuple(v.shape)]
     if missing or unexpected or shapes:
         parts = [f"{origin}: does not match IMR-HSNet ({model.backbone_name} backbone):"]
         if missing:
@@ -95,7 +103,6 @@ def load_into(model: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], or
         if shapes:
             parts.append(f"{len(shapes)} shape mismatches (e.g. {'; '.join(shapes[:2])})")
         raise CheckpointError(" ".join(parts))
-    model.load_state_dict(state_dict, strict=True)
 
 
 def load_official(cls, source):

@@ -26,9 +26,10 @@ from typing import ContextManager
 
 from .. import __version__
 from ..distributed import Shard, barrier, current_shard, start, stop
+from ..arguments import type_error
 from ..errors import InputError, Note, param, show_path
 from ..guard import Fields, OwnedFolder
-from ..images import find_images, load_image, load_mask
+from ..images import check_drawn_mask, find_images, load_image, load_mask
 from ..outputs.naming import file_tags, plan_outputs
 from ..interrupts import StopOnInterrupt
 from .batches import Job, segment_queries
@@ -58,10 +59,8 @@ def load_supports(spec: ClassSpec, files: list[Path], max_pixels: int | None):
     if masks:
         drawn = []
         for image, mask_path in zip(images, masks):
-            mask = load_mask(mask_path, max_pixels=max_pixels)
-            if mask.shape[::-1] != image.size:
-                raise InputError(f"{mask_path}: mask is {mask.shape[1]}x{mask.shape[0]} but its support "
-                                 f"{image.path} is {image.size[0]}x{image.size[1]}")
+            mask = check_drawn_mask(show_path(mask_path), load_mask(mask_path, max_pixels=max_pixels), image.size,
+                                    show_path(image.path))
             # Legal, but likely a mistake (an inverted or blank drawing): the support then shows
             # the network no object, or no background.
             if not mask.any() or mask.all():
@@ -205,6 +204,8 @@ def run_folder(settings: RunSettings, progress: ProgressFactory = _no_progress) 
     (on rank 0 of a distributed run, those of every rank)."""
     from ..devices import resolve_device
 
+    if not isinstance(settings, RunSettings):
+        raise type_error("settings", settings, "a RunSettings")
     settings.check()
     device = resolve_device(settings.device)
     for label in settings.labels:

@@ -10,8 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..arguments import check_count, check_fields
+from ..devices import check_precision, resolve_device
 from ..errors import InputError, param
-from ..multiclass import check_class_count, check_distinct_labels
+from ..multiclass import check_labels
 from ..clip.vocabulary import DEFAULT_TEMPLATE, check_template
 from .writing import OutputOptions
 
@@ -21,6 +23,9 @@ class ClassSpec:
     label: str
     supports: tuple[Path, ...] = ()  # empty for zero-shot: each query is its own support
     support_masks: tuple[Path, ...] = ()  # drawn masks, one per support, replacing their CAMs
+
+    def __post_init__(self):
+        check_fields(self)
 
 
 @dataclass(frozen=True)
@@ -51,6 +56,7 @@ class RunSettings:
     gallery: bool = False  # write gallery.html at the end
 
     def __post_init__(self):
+        check_fields(self)
         if self.label is not None:
             if self.classes:
                 raise InputError(f"give {param('label')} (with {param('supports')}) or {param('classes')}, not both")
@@ -68,18 +74,17 @@ class RunSettings:
         """Everything that can be checked before a model loads."""
         if not self.classes:
             raise InputError(f"no class: pass {param('label')} (or {param('classes')}) with the name of the object")
+        check_labels(self.labels)
         for spec in self.classes:
-            if not spec.label.strip():
-                raise InputError(f"the label is empty; pass {param('label')} with the name of the object to segment")
             if not self.zero_shot and not spec.supports:
                 raise InputError(f"no supports for {spec.label!r}: pass at least one {param('supports')} image")
-        check_class_count(len(self.classes))
-        check_distinct_labels(self.labels)
         check_template(self.prompt_template)
-        if self.steps is not None and self.steps < 1:
-            raise InputError(f"{param('steps')} must be 1 or more, not {self.steps}")
-        if self.batch_size is not None and self.batch_size < 1:
-            raise InputError(f"{param('batch_size')} must be 1 or more, not {self.batch_size}")
+        for name in ("steps", "batch_size"):
+            if getattr(self, name) is not None:
+                check_count(name, getattr(self, name))
+        if self.max_pixels is not None:
+            check_count("max_pixels", self.max_pixels, minimum=0)
+        check_precision(self.precision, resolve_device(self.device))
         if self.out.exists() and not self.out.is_dir():
             raise InputError(f"{self.out}: {param('out')} is a file; give a folder for the outputs")
         if not self.queries:

@@ -25,6 +25,7 @@ from ..data.datasets import BenchmarkData
 from ..data.folder import open_folder
 from ..data.splits import load_split, load_training_split
 from ..devices import check_precision, default_batch_size, resolve_device
+from ..arguments import type_error
 from ..distributed import current_shard, start, stop
 from ..durable import file_sha256
 from ..errors import InputError, Note, param
@@ -46,6 +47,8 @@ def train(settings: TrainSettings, reporter: Reporter | None = None) -> TrainSta
     The reporter is opened (`with`) around the training itself. Ctrl-C stops at the
     next step with `TrainingInterrupted`, RUN/last saved."""
     reporter = reporter or Reporter()
+    if not isinstance(settings, TrainSettings):
+        raise type_error("settings", settings, "a TrainSettings")
     settings.check()
     data, split, val, vocabulary, class_names = _open_data(settings)
     shard = current_shard()

@@ -14,6 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from ..arguments import check_count, check_fields
+from ..devices import check_precision_name
 from ..data.classes import BACKBONE_TITLES, NUM_FOLDS, TRAIN_BENCHMARKS as BENCHMARKS
 from ..errors import InputError, param
 
@@ -65,6 +67,9 @@ class TrainSettings:
     device: str = "auto"
     workers: int | None = None  # image-decoding threads (None: up to 8)
 
+    def __post_init__(self):
+        check_fields(self)
+
     @classmethod
     def paper(cls, benchmark: str, fold: int | None, backbone: str, **given) -> "TrainSettings":
         """The paper's recipe for `benchmark`, with the values given (not None) instead."""
@@ -113,12 +118,12 @@ class TrainSettings:
                              f"not {self.backbone!r}")
         for name in ("steps", "epochs", "batch_size", "micro_batch", "val_episodes", "workers"):
             value = getattr(self, name)
-            if value is not None and value < 1:
-                raise InputError(f"{param(name)} must be 1 or more, not {value}")
+            if value is not None:
+                check_count(name, value)
         if self.lr is not None and not self.lr > 0:
             raise InputError(f"{param('lr')} must be positive, not {self.lr}")
-        if self.seed < 0:
-            raise InputError(f"{param('seed')} must be 0 or more, not {self.seed}")
+        check_count("seed", self.seed, minimum=0)
+        check_precision_name(self.precision)
 
     def recipe(self) -> dict:
         """What a resumed run must share with the run it continues (of resolved settings)."""
