@@ -22,7 +22,7 @@ from PIL import Image
 
 from .. import __version__
 from ..errors import InputError, one_line, param
-from ..images import LoadedImage, load_image_bytes
+from ..images import LoadedImage, check_drawn_mask, load_image_bytes
 from ..predictor import HOST_RESULTS, ClassPredictions, Predictor, SupportSet
 from .limits import Limits
 
@@ -198,9 +198,7 @@ class Segmenter:
                     raise InputError(f"{param('classes')}[{i}] {c.name!r}: {len(c.supports)} supports "
                                      f"but {len(c.masks)} masks")
                 for k, (image, mask) in enumerate(zip(c.supports, c.masks)):
-                    if np.shape(mask) != image.size[::-1]:
-                        raise InputError(f"{param('classes')}[{i}] {c.name!r}: mask {k} is {np.shape(mask)} "
-                                         f"(H, W), its support image {image.size[::-1]}")
+                    check_drawn_mask(f"{param('classes')}[{i}] {c.name!r} mask {k}", mask, image.size, f"image {k}")
             if self.predictor.cam is not None:
                 self.predictor.cam.check_label(c.prompt)
         unknown = set(keep) - set(HOST_RESULTS)
