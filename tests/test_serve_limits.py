@@ -39,6 +39,7 @@ class StubPredictor:
         self.started = threading.Event()
 
     def support_set(self, classes):
+        self.classes = classes
         return SupportSet(dict.fromkeys(classes))
 
     def predict_classes(self, images, steps=None, sizes=None, keep=(), supports=None):
@@ -103,6 +104,26 @@ def test_a_request_answers_the_mask_and_png_matches_rle(make):
     mask = np.asarray(Image.open(io.BytesIO(base64.b64decode(cat["png"])))) > 0
     assert mask.shape == (6, 8) and mask[:, :4].all() and not mask[:, 4:].any()
     assert cat["rle"]["size"] == [6, 8] and cat["foreground_fraction"] == 0.5
+
+
+def mask_png(size, left: int) -> bytes:
+    mask = np.zeros((size[1], size[0]), np.uint8)
+    mask[:, :left] = 255
+    buffer = io.BytesIO()
+    Image.fromarray(mask).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def test_drawn_support_masks_reach_the_support_set_and_a_wrong_size_is_named(make, stub):
+    client = make()
+    files = [("queries", ("q.png", png())), ("supports", ("s.png", png((10, 4)))),
+             ("support_masks", ("m.png", mask_png((10, 4), 3)))]
+    assert client.post("/v1/segment", files=files, data={"label": "cat"}).status_code == 200
+    (images, masks), = stub.classes.values()
+    assert len(images) == 1 and len(masks) == 1
+    assert masks[0].shape == (4, 10) and masks[0][:, :3].all() and not masks[0][:, 3:].any()
+    files[2] = ("support_masks", ("m.png", mask_png((9, 4), 3)))
+    one_line_error(client.post("/v1/segment", files=files, data={"label": "cat"}), 400, "support_masks[0]", "9x4")
 
 
 def test_token_bearer_or_basic_password_and_health_stays_open(make):

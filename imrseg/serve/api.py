@@ -13,7 +13,7 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from ..errors import InputError, show_path
-from ..images import LoadedImage, load_image, load_mask, load_mask_bytes
+from ..images import LoadedImage, check_drawn_mask, load_image, load_mask, load_mask_bytes
 from ..outputs.coco import Component, rle
 from ..outputs.masks import mask_png
 from .limits import Limits
@@ -154,6 +154,8 @@ def router(segmenter: Segmenter, limits: Limits, root: Path | None) -> APIRouter
                      [_upload_mask(f, limits) for f in support_masks]
                      + [_rooted_mask(p, root, limits) for p in support_mask_paths]))
         images, support_images, masks = loaded
+        for k, (support, mask) in enumerate(zip(support_images, masks)):
+            check_drawn_mask(f"support_masks[{k}]", mask, support.image.size, f"supports[{k}]")
         if not images:
             raise InputError("queries: give at least one query image (an upload or a path)")
         owners = support_labels or [label[0]] * n_supports
@@ -181,6 +183,8 @@ def router(segmenter: Segmenter, limits: Limits, root: Path | None) -> APIRouter
                     tuple(_rooted(p, f"classes.{i}.supports", root, limits, full=True).image for p in c.supports),
                     tuple(_rooted_mask(p, root, limits, f"classes.{i}.masks") for p in c.masks)
                     if c.masks is not None else None))
+                for k, (image, mask) in enumerate(zip(classes[-1].supports, classes[-1].masks or ())):
+                    check_drawn_mask(f"classes.{i}.masks[{k}]", mask, image.size, f"classes.{i}.supports[{k}]")
             return images, classes
 
         images, classes = await run_in_threadpool(load)
