@@ -145,11 +145,16 @@ def test_loopback_needs_no_token_other_hosts_do():
     check_binding("0.0.0.0", "t")
     with pytest.raises(InputError, match="`token`"):
         check_binding("0.0.0.0", None)
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    for port in (0, 65536, True):
+        with pytest.raises(InputError, match="`port`"):
+            check_binding("127.0.0.1", None, port)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
     env.pop("IMRSEG_TOKEN", None)
-    run = subprocess.run([sys.executable, "-m", "imrseg", "serve", "--host", "0.0.0.0"], capture_output=True,
-                         text=True, env=env, timeout=300)
-    assert run.returncode == 2 and run.stderr.count("\n") == 1 and "--token" in run.stderr, run.stderr
+    for flags, named in ((["--host", "0.0.0.0"], "--token"), (["--port", "99999"], "--port"),
+                         (["--batch-size", "0"], "--batch-size")):
+        run = subprocess.run([sys.executable, "-m", "imrseg", "serve", *flags], capture_output=True,
+                             text=True, env=env, timeout=300)
+        assert run.returncode == 2 and run.stderr.count("\n") == 1 and named in run.stderr, run.stderr
 
 
 def test_body_over_the_limit_is_refused_while_read(make):

@@ -44,13 +44,16 @@ def serve(
         "--max-wait-ms", help="How long a batch waits for more requests to join it.")] = 5.0,
 ) -> None:
     """Serve the model over HTTP (imrseg's /v1 API; Label Studio's ML-backend protocol) until Ctrl-C."""
+    from ..arguments import check_count
     from ..serve.limits import Limits
     from ..serve.server import check_binding, check_root, serve as run_server
 
     limits = Limits(max_body_bytes=max_body_bytes, max_pixels=max_pixels, max_images=max_images,
                     max_queue=max_queue, timeout_s=timeout)
-    check_binding(host, token)
+    check_binding(host, token, port)
     check_root(root)
+    if batch_size is not None:
+        check_count("batch_size", batch_size)
     from ..predictor import Predictor  # torch, once the flags are known to be right
     predictor = Predictor.from_pretrained(weights, clip_weights, device=device, precision=precision.value,
                                           steps=steps, hub_namespace=hub_namespace)

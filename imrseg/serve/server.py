@@ -22,8 +22,11 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def check_binding(host: str, token: str | None) -> None:
-    """A server on any address but loopback needs a token: no token, no start."""
+def check_binding(host: str, token: str | None, port: int = 9090) -> None:
+    """A server on any address but loopback needs a token: no token, no start; `port` is
+    one a server can listen on."""
+    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+        raise InputError(f"{param('port')} must be 1 to 65535, not {port}")
     if not is_loopback(host) and not token:
         raise InputError(f"{param('host')} {host} is reachable from other machines: give a {param('token')} "
                          "(or set IMRSEG_TOKEN), or serve on 127.0.0.1")
@@ -45,7 +48,7 @@ def serve(predictor, host: str = "127.0.0.1", port: int = 9090, token: str | Non
     from .app import create_app
     from .service import Segmenter
 
-    check_binding(host, token)
+    check_binding(host, token, port)
     root = check_root(root)
     segmenter = Segmenter(predictor, batch_size=batch_size, max_wait_ms=max_wait_ms, max_queue=limits.max_queue,
                           timeout_s=limits.timeout_s, max_steps=limits.max_steps)
