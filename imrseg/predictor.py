@@ -268,10 +268,7 @@ class Predictor:
         if not shots:
             raise InputError("no classes: call set_supports (or set_zero_shot) first")
         images = _checked_queries(images, steps, sizes)
-        keep = check_sequence("keep", keep)
-        unknown = set(map(str, keep)) - set(HOST_RESULTS)
-        if unknown:
-            raise InputError(f"`keep` {sorted(unknown)}: expected some of {', '.join(HOST_RESULTS)}")
+        keep = check_keep(keep)
         labels = list(shots)
         keep = set(keep) | ({"prob"} if len(labels) > 1 else set())
         prepared = [im if isinstance(im, QueryPixels) else self.prepare(im) for im in images]
@@ -375,6 +372,15 @@ def _checked_queries(images, steps, sizes) -> list:
         for size in sizes:
             check_size("sizes", size)
     return images
+
+
+def check_keep(keep) -> list:
+    """`predict_classes`' `keep`: some of HOST_RESULTS."""
+    keep = check_sequence("keep", keep)
+    unknown = set(map(str, keep)) - set(HOST_RESULTS)
+    if unknown:
+        raise InputError(f"`keep` {sorted(unknown)}: expected some of {', '.join(HOST_RESULTS)}")
+    return keep
 
 
 def _prediction(result, cam: torch.Tensor, keep: set[str]) -> Prediction:

@@ -23,7 +23,7 @@ from PIL import Image
 from .. import __version__
 from ..errors import InputError, one_line, param
 from ..images import LoadedImage, check_drawn_mask, load_image_bytes
-from ..predictor import HOST_RESULTS, ClassPredictions, Predictor, SupportSet
+from ..predictor import ClassPredictions, Predictor, SupportSet, check_keep
 from .limits import Limits
 
 
@@ -201,9 +201,7 @@ class Segmenter:
                     check_drawn_mask(f"{param('classes')}[{i}] {c.name!r} mask {k}", mask, image.size, f"image {k}")
             if self.predictor.cam is not None:
                 self.predictor.cam.check_label(c.prompt)
-        unknown = set(keep) - set(HOST_RESULTS)
-        if unknown:
-            raise InputError(f"{param('keep')} {sorted(unknown)}: expected some of {', '.join(HOST_RESULTS)}")
+        keep = check_keep(keep)
         steps = self.predictor.steps if steps is None else steps
         if not 1 <= steps <= self.max_steps:
             raise InputError(f"{param('steps')} must be 1 to {self.max_steps}, not {steps}")
