@@ -261,6 +261,18 @@ def load_mask_bytes(data: bytes, name: str, max_pixels: int | None = None) -> np
     return np.asarray(mask) > 0
 
 
+def load_label_mask_bytes(data: bytes, name: str, max_pixels: int | None = None) -> np.ndarray:
+    """A mask held in memory whose values are class indices, (H, W) uint8: an indexed
+    PNG's indices, a greyscale picture's values (a person's correction of a mask of
+    several classes); `name` stands for the file. InputError as `load_mask`."""
+    if not data:
+        raise InputError(f"{show_path(name)}: empty file (0 bytes)")
+    limit, _ = _limits(max_pixels, 0)
+    mask, _ = _decode_file(io.BytesIO(data), name, limit, 0,
+                           lambda img: img if img.mode in ("P", "L") else img.convert("L"))
+    return np.asarray(mask, dtype=np.uint8)
+
+
 def _mask_of(img: Image.Image) -> Image.Image:
     """Any Pillow mode to an 'L' mask: 255 where opaque and nonzero, else 0."""
     if img.mode.startswith("I") or img.mode == "F":

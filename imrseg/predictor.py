@@ -189,7 +189,8 @@ class Predictor:
     def set_supports(self, classes: Mapping[str, tuple[Sequence[Image.Image], Sequence[np.ndarray] | None]]) -> None:
         """Cache each class's supports: `{label: (images, masks)}`, in the order the
         classes are numbered in the indexed mask. `masks`, when not None, are drawn
-        0/1 masks (one per image, same size) that replace the supports' CAMs."""
+        0/1 masks (one per image, same size) that replace the supports' CAMs; a None
+        among them leaves that support its CAM."""
         self._shots = self.support_set(classes).shots
 
     def support_set(self, classes: Mapping[str, tuple[Sequence[Image.Image], Sequence[np.ndarray] | None] | None]
@@ -205,10 +206,11 @@ class Predictor:
             if given is None:
                 continue
             images, masks = given
-            if masks is not None:
-                cams = torch.stack([mask_to_cam(m) for m in masks])
-            else:
-                cams = self.cams(images, [label], among=labels)[0]
+            masks = masks if masks is not None else [None] * len(images)
+            # A drawn mask replaces its support's CAM; the others get theirs, in one CLIP forward.
+            undrawn = [k for k, m in enumerate(masks) if m is None]
+            computed = iter(self.cams([images[k] for k in undrawn], [label], among=labels)[0] if undrawn else ())
+            cams = torch.stack([mask_to_cam(m) if m is not None else next(computed).cpu() for m in masks])
             with self.inference():
                 features = self.model.encode(self.network_inputs(images))
             cams = cams.to(self.device)
@@ -327,8 +329,8 @@ def _check_options(steps, vocabulary) -> None:
 
 def _checked_supports(classes) -> dict:
     """`support_set`'s classes checked before any is computed: each a label, and None
-    (zero-shot) or one or more PIL images and None or one drawn mask per image, of its
-    size (as bool)."""
+    (zero-shot) or one or more PIL images and None or one drawn mask (or None) per
+    image, of its size (as bool)."""
     if not isinstance(classes, Mapping):
         raise type_error("classes", classes, "a dict of label: (images, masks)")
     checked = {}
@@ -348,7 +350,8 @@ def _checked_supports(classes) -> dict:
             masks = check_sequence("masks", masks)
             if len(masks) != len(images):
                 raise InputError(f"{label!r}: {len(images)} support images but {len(masks)} support masks")
-            masks = [check_drawn_mask(f"{param('masks')}[{k}] of {label!r}", mask, image.size, f"image {k}")
+            masks = [None if mask is None else
+                     check_drawn_mask(f"{param('masks')}[{k}] of {label!r}", mask, image.size, f"image {k}")
                      for k, (image, mask) in enumerate(zip(images, masks))]
         checked[label] = (images, masks)
     return checked

@@ -20,7 +20,8 @@ from typer.testing import CliRunner
 
 from imrseg.outputs.coco import ANNOTATIONS_FILE, export_coco
 from imrseg.durable import ResultsLog
-from imrseg.outputs.gallery import GALLERY_FILE, THUMBS, build_gallery
+from imrseg.outputs.gallery import GALLERY_FILE, build_gallery
+from imrseg.outputs.thumbnails import OVERLAY_THUMBS as THUMBS
 from imrseg.multiclass import index_mask
 from imrseg.outputs.masks import read_index_mask, save_index_png, save_mask_png
 from imrseg.outputs.naming import label_slugs

@@ -23,6 +23,7 @@ LAYERS = [
     ("predictor", ["imrseg.predictor"]),
     ("outputs", ["imrseg.outputs"]),
     ("runs", ["imrseg.runner", "imrseg.evaluation", "imrseg.training", "imrseg.serve", "imrseg.cvat"]),
+    ("apps", ["imrseg.studio"]),
     ("cli", ["imrseg.cli", "imrseg.__main__"]),
 ]
 # What the ground floor may not import: facts are plain data, read without a model.

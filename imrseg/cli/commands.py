@@ -8,3 +8,4 @@ from . import train  # noqa: F401
 from . import export  # noqa: F401
 from . import gallery  # noqa: F401
 from . import serve  # noqa: F401
+from . import studio  # noqa: F401

@@ -82,9 +82,11 @@ def polygons(component: Component) -> list[list[float]]:
 
 
 def annotations_document(run: FinishedRun, min_area: int = 0, use_polygons: bool = False) -> dict:
-    """The COCO instances document of a finished output folder."""
+    """The COCO instances document of a finished output folder; a query whose mask a
+    person rejected (`imrseg app`) is left out, image and all: it has no mask to trust."""
     images, annotations = [], []
-    for image_id, query in enumerate(run.queries, start=1):
+    kept = [query for query in run.queries if query.review != "rejected"]
+    for image_id, query in enumerate(kept, start=1):
         index = run.mask(query)
         height, width = index.shape
         images.append({"id": image_id, "file_name": query.file_name, "width": width, "height": height})

@@ -2,18 +2,18 @@
 
 Every finished query (`results.read_finished`) gets a card: its overlay's thumbnail, the
 classes found and the score (`imrseg.scores`), links to the image, the mask, the
-overlay and the per-step masks. Cards come worst score first; buttons filter by
-class (`gallery.html#class=dog` opens with one class selected), a menu re-sorts.
+overlay and the per-step masks, and the review a person gave it in `imrseg app`.
+Cards come worst score first; buttons filter by class (`gallery.html#class=dog` opens
+with one class selected), a menu re-sorts.
 The page needs no server and no network: its style, script and data are inline,
 and every link is relative, so the folder can be moved or zipped. Thumbnails are
 written once, under `OUT/.gallery/` (a hidden folder, which no query's outputs can
-collide with), and loaded lazily, so the page stays usable at 10,000 queries. The
+collide with; `outputs.thumbnails`), and loaded lazily, so the page stays usable at 10,000 queries. The
 page's data is JSON inside a script element, with `<`, `>` and `&` escaped, so no
 name or label can end it. Files are read and written through the folder's guard."""
 from __future__ import annotations
 
 import html
-import io
 import json
 import os
 import re
@@ -21,45 +21,19 @@ from importlib import resources
 from pathlib import Path, PurePosixPath
 from urllib.parse import quote
 
-from PIL import Image
 
-from ..errors import InputError, one_line, show_path
+from ..errors import show_path
 from ..guard import OwnedFolder
 from .naming import OVERLAY_SUFFIX
 from .palette import class_colour
 from .results import FinishedRun, QueryRow, opened, read_finished
+from .thumbnails import overlay_thumbnail
 
 GALLERY_FILE = "gallery.html"
-THUMBS = ".gallery"
-THUMB_SIZE = 256  # long side, px
 PAGE_TEMPLATE = "gallery_page.html"  # package data beside this module
 # What the page's embedded JSON escapes, so that no text in it (a file name, a label)
 # can end the script element or open a comment in it: `</script>`, `<!--`, `<script`.
 SCRIPT_SAFE = str.maketrans({"<": "\\u003c", ">": "\\u003e", "&": "\\u0026"})
-
-
-def thumbnail(folder: OwnedFolder, query: QueryRow) -> str:
-    """The overlay's thumbnail, relative to the folder; written only when missing or
-    older than the overlay (a redone query gets a new one)."""
-    overlay = query.stem + OVERLAY_SUFFIX
-    rel = f"{THUMBS}/{query.stem}.jpg"
-    source = folder.path(overlay)  # a link in the way is refused
-    if not folder.is_file(overlay):
-        raise InputError(f"{show_path(folder.given / overlay)}: the overlay of {show_path(query.query)} is missing; "
-                         "run the segment command again to redo it")
-    if folder.is_file(rel) and os.stat(folder.path(rel)).st_mtime_ns >= os.stat(source).st_mtime_ns:
-        return rel
-    try:
-        with Image.open(io.BytesIO(folder.read_bytes(overlay))) as image:
-            image.draft("RGB", (THUMB_SIZE, THUMB_SIZE))  # JPEG decodes straight at a reduced size
-            small = image.convert("RGB")
-    except (OSError, ValueError, Image.DecompressionBombError) as exc:
-        raise InputError(f"{show_path(folder.given / overlay)}: cannot read the overlay ({one_line(exc)})") from None
-    small.thumbnail((THUMB_SIZE, THUMB_SIZE))
-    buffer = io.BytesIO()
-    small.save(buffer, format="JPEG", quality=80)
-    folder.write(rel, buffer.getvalue())
-    return rel
 
 
 def _href(rel: str) -> str:
@@ -90,7 +64,7 @@ def _entry(run: FinishedRun, query: QueryRow) -> dict:
              ["overlay", _href(query.stem + OVERLAY_SUFFIX)]]
     links += [[PurePosixPath(rel).name[len(PurePosixPath(query.stem).name) + 1:].rsplit(".", 1)[0], _href(rel)]
               for rel in extra]
-    return {"name": query.file_name, "thumb": _href(thumbnail(run.folder, query)), "score": query.score,
+    return {"name": query.file_name, "thumb": _href(overlay_thumbnail(run.folder, query)), "score": query.score,
             "classes": _present(run, query), "links": [link for link in links if link[1]]}
 
 

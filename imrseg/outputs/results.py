@@ -32,6 +32,8 @@ from .naming import MASK_SUFFIX, completed_outputs, output_path, stem_of
 
 RESULTS_FILE = "results.jsonl"
 STATUSES = ("done", "skipped", "failed")
+# A person's word on a finished query's mask (`imrseg app`): a row without one is a proposal.
+REVIEWS = ("proposed", "accepted", "corrected", "rejected")
 FINISHED = ("done", "skipped")
 _RANK_LOG = re.compile(r"\.results\.rank(\d+)\.jsonl")
 
@@ -56,21 +58,23 @@ class Outcome:
     file_name: str | None = None  # relative to the folder the query was found in
     score: float | None = None
     classes: dict | None = None  # label -> {"fraction", "score"}
+    review: str | None = None  # one of REVIEWS; None: none recorded (a proposal)
 
     def row(self) -> dict:
-        return {"type": "query", "query": str(self.query), "resolved": query_identity(self.query),
-                "file_name": self.file_name, "status": self.status,
-                "mask": str(self.mask) if self.mask else None, "outputs": self.outputs,
-                "query_file": self.query_file, "foreground_fraction": self.foreground_fraction,
-                "score": self.score, "classes": self.classes, "steps": self.steps, "seconds": self.seconds,
-                "error": self.error}
+        row = {"type": "query", "query": str(self.query), "resolved": query_identity(self.query),
+               "file_name": self.file_name, "status": self.status,
+               "mask": str(self.mask) if self.mask else None, "outputs": self.outputs,
+               "query_file": self.query_file, "foreground_fraction": self.foreground_fraction,
+               "score": self.score, "classes": self.classes, "steps": self.steps, "seconds": self.seconds,
+               "error": self.error}
+        return row if self.review is None else {**row, "review": self.review}
 
     @classmethod
     def skipped(cls, query: Path, mask: Path, finished: QueryRow) -> Outcome:
         """A query kept from an earlier run (its mask `mask`): its row carried forward."""
         return cls(query, "skipped", mask, finished.foreground_fraction, steps=finished.steps,
                    query_file=finished.query_file, outputs=list(finished.outputs), file_name=finished.file_name,
-                   score=finished.score, classes=finished.classes or None)
+                   score=finished.score, classes=finished.classes or None, review=finished.review)
 
 
 @dataclass
@@ -136,6 +140,7 @@ class QueryRow:
     classes: dict  # label -> {"fraction": ..., "score": ...}; empty when the run did not record them
     steps: int | None
     seconds: float | None
+    review: str | None = None  # one of REVIEWS, when a person gave one
 
     @classmethod
     def read(cls, row: Fields, index: int = 0) -> QueryRow:
@@ -151,7 +156,8 @@ class QueryRow:
                    tuple(row.relatives("outputs", optional=True)), row.relative("file_name", optional=True),
                    file and {"size": file.integer("size", 0), "mtime_ns": file.integer("mtime_ns")},
                    row.number("foreground_fraction", optional=True), row.number("score", optional=True),
-                   classes, row.integer("steps", 1, optional=True), row.number("seconds", 0, optional=True))
+                   classes, row.integer("steps", 1, optional=True), row.number("seconds", 0, optional=True),
+                   row.text("review", choices=REVIEWS, optional=True))
 
     @property
     def mask(self) -> str | None:

@@ -82,12 +82,13 @@ def segment_queries(predict: Callable | None, jobs: Sequence[Job], *, folder: Ow
                     options: OutputOptions, labels: Sequence[str], batch_size: int, max_pixels: int | None,
                     log: ResultsLog, device_name: str = "cpu", prepare: Callable | None = None,
                     on_outcome: Callable[[Outcome], None] = lambda o: None,
-                    stop: StopOnInterrupt | None = None) -> Summary:
+                    stop: StopOnInterrupt | None = None, review: str | None = None) -> Summary:
     """Segment every job not yet finished, writing its outputs into `folder` (the
     jobs' stems lie under the folder as it was given); log one row per job, in the
     jobs' order. `predict(prepared, sizes)` returns one ClassPredictions (of `labels`)
     per loaded image, given what `prepare(image)` made of each on the decoding threads
-    (without `prepare`, the images themselves; `predict` is None when every job is finished)."""
+    (without `prepare`, the images themselves; `predict` is None when every job is finished).
+    `review`: the word each new row carries (`outputs.results.REVIEWS`; None: none)."""
     summary = Summary()
     out = folder.given
     suffixes = options.suffixes(steps, labels)
@@ -104,7 +105,7 @@ def segment_queries(predict: Callable | None, jobs: Sequence[Job], *, folder: Ow
         return Outcome(job.query, "done", outputs.output_path(job.stem, outputs.MASK_SUFFIX),
                        result.foreground_fraction, seconds, steps=steps, query_file=job.file,
                        outputs=relative_outputs(job.stem, suffixes, out), file_name=job.file_name,
-                       score=result.score, classes=classes)
+                       score=result.score, classes=classes, review=review)
 
     def flush() -> None:
         batch = [item for item in pending if not isinstance(item, Outcome)]

@@ -4,13 +4,17 @@ Label Studio's ML-backend routes join from `imrseg.serve.labelstudio` when prese
 from __future__ import annotations
 
 import base64
+import contextlib
+import hashlib
 import hmac
 import importlib.util
+from http.cookies import CookieError, SimpleCookie
+from urllib.parse import parse_qs
 from pathlib import Path
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, RedirectResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
@@ -19,6 +23,7 @@ from .limits import Limits
 from .service import Busy, Segmenter
 
 OPEN_PATHS = frozenset({"/health", "/v1/health"})
+TOKEN_COOKIE = "imrseg_token"
 
 
 def create_app(segmenter: Segmenter, limits: Limits, token: str | None = None, root: Path | None = None) -> FastAPI:
@@ -30,6 +35,7 @@ def create_app(segmenter: Segmenter, limits: Limits, token: str | None = None, r
     app = FastAPI(title="imrseg", version=__version__,
                   description="Segment objects from a few example images and a label text (IMR-HSNet + CLIP).")
     app.state.segmenter, app.state.limits, app.state.root = segmenter, limits, root
+    app.state.stopping = lambda: False  # `server.serve` tells when the server is stopping
     app.add_middleware(_Guard, token=token, max_body_bytes=limits.max_body_bytes)
     _error_handlers(app)
     app.include_router(api_router(segmenter, limits, root))
@@ -79,17 +85,22 @@ def _error_handlers(app: FastAPI) -> None:
 
 class _Guard:
     """ASGI middleware before anything reads the body: the token (constant-time
-    compare, Bearer or Basic password) and the body size, counted as it streams in."""
+    compare, Bearer or Basic password, or the cookie a browser got by opening a page
+    with `?token=`) and the body size, counted as it streams in."""
 
     def __init__(self, app, token: str | None, max_body_bytes: int):
         self.app, self.max_body_bytes = app, max_body_bytes
         self.token = token.encode() if token else None
+        # The cookie holds a digest of the token, never the token: any text is a safe value.
+        self.cookie = hashlib.sha256(b"imrseg cookie\0" + self.token).hexdigest().encode() if token else None
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         headers = dict(scope.get("headers") or ())
         if self.token is not None and scope["path"] not in OPEN_PATHS and not self._authorised(headers):
+            if scope["method"] == "GET" and self._given_in_query(scope):
+                return await self._log_in(scope, receive, send)
             return await error(401, "missing or wrong token: send it as `Authorization: Bearer TOKEN` "
                                     "or as the password of HTTP Basic auth",
                                {"WWW-Authenticate": 'Bearer, Basic realm="imrseg"'})(scope, receive, send)
@@ -120,6 +131,11 @@ class _Guard:
                 await self._too_large(scope, receive, send)
 
     def _authorised(self, headers: dict) -> bool:
+        cookies = SimpleCookie()
+        with contextlib.suppress(CookieError):
+            cookies.load(headers.get(b"cookie", b"").decode("latin-1"))
+        if TOKEN_COOKIE in cookies and hmac.compare_digest(cookies[TOKEN_COOKIE].value.encode(), self.cookie):
+            return True
         scheme, _, value = headers.get(b"authorization", b"").partition(b" ")
         if scheme.lower() == b"bearer":
             given = value.strip()
@@ -131,6 +147,17 @@ class _Guard:
         else:
             return False
         return hmac.compare_digest(given, self.token)
+
+    def _given_in_query(self, scope) -> bool:
+        given = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("token", [""])[-1]
+        return hmac.compare_digest(given.encode(), self.token)
+
+    async def _log_in(self, scope, receive, send):
+        """A page opened with the right `?token=`: the token becomes a cookie only this
+        site's own requests carry (HttpOnly, SameSite=Strict), and the page opens without it
+        in its address."""
+        cookie = f"{TOKEN_COOKIE}={self.cookie.decode()}; HttpOnly; SameSite=Strict; Path=/"
+        await RedirectResponse(scope["path"], status_code=303, headers={"Set-Cookie": cookie})(scope, receive, send)
 
     async def _too_large(self, scope, receive, send):
         await error(413, str(_BodyTooLarge(self.max_body_bytes).detail))(scope, receive, send)

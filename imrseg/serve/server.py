@@ -6,10 +6,17 @@ from __future__ import annotations
 import ipaddress
 import logging
 import signal
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import InputError, param, show_path
 from .limits import Limits
+
+if TYPE_CHECKING:
+    from fastapi import APIRouter
+
+    from .service import Segmenter
 
 
 def is_loopback(host: str) -> bool:
@@ -41,21 +48,27 @@ def check_root(root: Path | None) -> Path | None:
 
 
 def serve(predictor, host: str = "127.0.0.1", port: int = 9090, token: str | None = None, root: Path | None = None,
-          limits: Limits = Limits(), batch_size: int = 8, max_wait_ms: float = 5.0) -> None:
-    """Answer on host:port until stopped, with `predictor` kept warm (see `create_app`)."""
+          limits: Limits = Limits(), batch_size: int = 8, max_wait_ms: float = 5.0,
+          routers: Callable[["Segmenter"], Sequence["APIRouter"]] = lambda segmenter: ()) -> None:
+    """Answer on host:port until stopped, with `predictor` kept warm (see `create_app`);
+    `routers(segmenter)` adds an application's own routes (the browser app's) beside /v1."""
     import uvicorn
 
     from .app import create_app
-    from .service import Segmenter
 
     check_binding(host, token, port)
     root = check_root(root)
+    from .service import Segmenter
+
     segmenter = Segmenter(predictor, batch_size=batch_size, max_wait_ms=max_wait_ms, max_queue=limits.max_queue,
                           timeout_s=limits.timeout_s, max_steps=limits.max_steps)
     app = create_app(segmenter, limits, token=token, root=root)
+    for router in routers(segmenter):
+        app.include_router(router)
     config = uvicorn.Config(app, host=host, port=port, log_level="info", access_log=False,
                             timeout_graceful_shutdown=int(limits.timeout_s) + 1, lifespan="off")
     server = uvicorn.Server(config)
+    app.state.stopping = lambda: server.should_exit  # endless answers (event streams) end with the server
     # uvicorn raises the signal that stopped it again once stopped: a quiet handler makes
     # that a normal exit (status 0) rather than death by the signal.
     previous = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGINT, signal.SIGTERM)}

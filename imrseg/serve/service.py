@@ -39,12 +39,13 @@ class Busy(Exception):
 class ClassRequest:
     """One class to segment: `name` is reported back, `prompt` is the text CLIP reads
     (default: the name); `supports` empty means zero-shot (each query is its own
-    support); `masks`, one drawn 0/1 (H, W) mask per support, replace the supports' CAMs."""
+    support); `masks`, one drawn 0/1 (H, W) mask per support (or None: that support's
+    CAM), replace the supports' CAMs."""
 
     name: str
     prompt: str = ""
     supports: tuple[Image.Image, ...] = ()
-    masks: tuple[np.ndarray, ...] | None = None
+    masks: tuple[np.ndarray | None, ...] | None = None
 
     def __post_init__(self):
         if not self.prompt:
@@ -68,6 +69,9 @@ def support_key(classes: Sequence[ClassRequest]) -> str:
             digest.update(f"{image.mode}{image.size}".encode())
             digest.update(image.tobytes())
         for mask in c.masks or ():
+            if mask is None:  # that support keeps its CAM
+                digest.update(b"cam")
+                continue
             digest.update(f"mask{mask.shape}".encode())
             digest.update(np.ascontiguousarray(mask, dtype=bool).tobytes())
         digest.update(b"\1")
@@ -198,7 +202,9 @@ class Segmenter:
                     raise InputError(f"{param('classes')}[{i}] {c.name!r}: {len(c.supports)} supports "
                                      f"but {len(c.masks)} masks")
                 for k, (image, mask) in enumerate(zip(c.supports, c.masks)):
-                    check_drawn_mask(f"{param('classes')}[{i}] {c.name!r} mask {k}", mask, image.size, f"image {k}")
+                    if mask is not None:
+                            check_drawn_mask(f"{param('classes')}[{i}] {c.name!r} mask {k}", mask, image.size,
+                                         f"image {k}")
             if self.predictor.cam is not None:
                 self.predictor.cam.check_label(c.prompt)
         keep = check_keep(keep)
