@@ -112,6 +112,28 @@ def test_drawn_support_masks_replace_the_cam(recipe_net, recipe_clip):
     assert spy.seen == 1  # only the query's CAM
 
 
+def test_a_drawn_mask_replaces_only_its_own_supports_cam(recipe_net, recipe_clip):
+    """Supports of one class may mix: a drawn mask for one, the CAM for the other, in
+    one CLIP forward of the undrawn ones, each pair as it would be alone."""
+    spy = SpyCAM(recipe_clip)
+    predictor = Predictor(recipe_net, spy, steps=1)
+    images = [_image(11), _image(12, (48, 64))]
+    drawn = np.zeros((64, 48), bool)
+    drawn[5:40, 10:30] = True
+    mixed = predictor.support_set({"boat": (images, [None, drawn])}).shots["boat"]
+    assert spy.seen == 1  # the first support's CAM only
+    alone = predictor.support_set({"boat": (images[:1], None)}).shots["boat"]  # its CAM in a batch of one
+    masks = predictor.support_set({"boat": (images, [np.ones((48, 64), bool), drawn])}).shots["boat"]
+    assert torch.equal(mixed[0][1], alone[0][1])
+    assert torch.equal(mixed[1][1], masks[1][1])
+    assert not torch.equal(mixed[0][1], masks[0][1])
+    for (features, _), (own, _) in zip(mixed, masks):  # the features do not depend on the masks
+        assert torch.equal(features.mid_gates, own.mid_gates)
+    query = _image(13)
+    predictor.set_supports({"boat": (images, [None, drawn])})
+    assert predictor.predict(query).mask.shape == (48, 64)
+
+
 def test_zero_shot_is_query_as_its_own_support(recipe_net, cam):
     image = _image(11)
     predictor = Predictor(recipe_net, cam, steps=2)
