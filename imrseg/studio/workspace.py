@@ -278,7 +278,10 @@ class Workspace:
                     raise InputError(f"{field}.supports[{j}]: given twice")
                 supports.append(support)
             settings.append(ClassSetting(c["label"].strip(), prompt, tuple(supports)))
-        labels = check_labels([s.label for s in settings]) if settings else []
+        try:
+            labels = check_labels([s.label for s in settings]) if settings else []
+        except InputError as exc:
+            raise InputError(f"classes: {exc}") from None
         with self.lock:
             reviewed = any(self.state_of(i) in KEPT for i in range(len(self.images)))
             if reviewed and labels != self.labels:
