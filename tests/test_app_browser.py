@@ -78,6 +78,7 @@ def app_server(recipe_weight_files, tmp_path_factory):
             process.kill()
             process.wait()
         log.close()
+        print((base / "server.log").read_text()[-4000:])  # shown when a test fails
 
 
 @pytest.fixture(scope="module")
@@ -99,6 +100,7 @@ def page(browser, app_server):
     tab.goto(f"{url}/app/")
     tab.wait_for_selector("body[data-ready='true']")
     yield tab
+    print("message line:", tab.text_content("#message"))  # shown when a test fails
     context.close()
     assert errors == [], errors  # no uncaught script error all along
 
@@ -167,6 +169,54 @@ def stroke_region(shape, start, end, radius):
     return np.hypot(xs - (x0 + t * dx), ys - (y0 + t * dy))
 
 
+def test_labels_file_names_and_errors_show_as_text(page, app_server, tmp_path):
+    """Runs first: a class with an HTML-like label gets files as supports, then goes."""
+    url = app_server[0]
+    hostile = "<img src=x onerror=\"document.body.dataset.owned='yes'\">"
+    page.fill("#new-label", hostile)
+    page.press("#new-label", "Enter")
+    page.wait_for_selector("#classes .class[data-index='0']")
+    assert [c["label"] for c in state(url)["classes"]] == [hostile]
+    hostile_class = page.locator("#classes .class").nth(0)
+    assert hostile_class.locator(".label-input").input_value() == hostile
+    hostile_class.locator(".pick").click()
+    assert hostile in page.text_content("#pick-hint")
+    hostile_class.locator(".pick").click()
+
+    # Files for a class: an image and NAME_mask.png, its drawn mask.
+    write_image(tmp_path / "dog.png", (40, 30), seed=9)
+    drawn = np.zeros((30, 40), np.uint8)
+    drawn[5:20, 10:30] = 255
+    Image.fromarray(drawn).save(tmp_path / "dog_mask.png")
+    with page.expect_file_chooser() as chooser:
+        hostile_class.locator(".upload").click()
+    chooser.value.set_files([str(tmp_path / "dog.png"), str(tmp_path / "dog_mask.png")])
+    page.wait_for_selector("#classes .class[data-index='0'] .chip[data-kind='upload'][data-drawn='true']")
+    (upload,) = state(url)["classes"][0]["supports"]
+    assert upload["kind"] == "upload" and upload["drawn"] is True and upload["name"] == "dog.png"
+
+    # A file the server refuses: its error, which names the file, is shown as text.
+    bad = {"name": "<b>bad</b>.png", "mimeType": "image/png", "buffer": b"not a picture"}
+    expected = httpx.post(f"{url}/app/api/upload", files={"file": (bad["name"], bad["buffer"], bad["mimeType"])},
+                          timeout=30)
+    assert expected.status_code == 400
+    with page.expect_file_chooser() as chooser:
+        hostile_class.locator(".upload").click()
+    chooser.value.set_files(bad)
+    page.wait_for_selector("#message[data-kind='error']:not([hidden])")
+    assert page.text_content("#message") == expected.json()["error"]
+    assert page.locator("#message *").count() == 0
+    assert len(state(url)["classes"][0]["supports"]) == 1
+
+    page.wait_for_timeout(300)
+    assert page.locator("img[src='x']").count() == 0
+    assert page.evaluate("document.body.dataset.owned") is None
+
+    hostile_class.locator(".class-head .remove").click()
+    page.wait_for_selector("#classes [data-testid='no-class']")
+    assert state(url)["classes"] == []
+
+
 def test_a_person_labels_a_folder_in_the_browser(page, app_server, tmp_path):
     url, folder, out = app_server
     assert page.locator("#grid .tile").count() == 4
@@ -204,7 +254,7 @@ def test_a_person_labels_a_folder_in_the_browser(page, app_server, tmp_path):
     for i in range(4):
         src = tile(page, i).locator("img").get_attribute("src")
         assert src != thumbs[i] and src.endswith(f"rev={tile(page, i).get_attribute('data-rev')}")
-    page.wait_for_function("[...document.querySelectorAll('#grid .tile img')].every(i => i.complete && i.naturalWidth)")
+    page.wait_for_function("() => [...document.querySelectorAll('#grid .tile img')].every(i => i.complete && i.naturalWidth)")
 
     # Open one: the CLIP-CAM, refinement step 1, then the mask, on the canvas.
     tile(page, 1).click()
@@ -223,7 +273,8 @@ def test_a_person_labels_a_folder_in_the_browser(page, app_server, tmp_path):
     page.keyboard.press("End")
     page.wait_for_selector("#step-label[data-kind='mask']")
     seen["mask"] = canvas_pixels(page)
-    assert len(set(seen.values())) == 3, "the CAM, the step and the mask look the same"
+    assert seen["cam"] != seen["step"]
+    assert seen["step"] == seen["mask"]  # one refinement step: its mask is the final one
     stem = NAMES[1][:-4]
     assert list(out.glob(f"{stem}*cam.png")) and list(out.glob(f"{stem}*step1.png"))
 
@@ -269,7 +320,7 @@ def test_a_person_labels_a_folder_in_the_browser(page, app_server, tmp_path):
 
     # Accept the next one with the key.
     page.keyboard.press("n")
-    page.wait_for_function(f"document.getElementById('detail-name').textContent === {json.dumps(NAMES[2])}")
+    page.wait_for_selector("#detail[data-id='2']")
     page.keyboard.press("a")
     wait_detail_state(page, "accepted")
     wait_tile_state(page, 2, "accepted")
@@ -277,7 +328,7 @@ def test_a_person_labels_a_folder_in_the_browser(page, app_server, tmp_path):
 
     # The corrected one becomes an example: a support with its drawn mask.
     page.keyboard.press("p")
-    page.wait_for_function(f"document.getElementById('detail-name').textContent === {json.dumps(NAMES[1])}")
+    page.wait_for_selector("#detail[data-id='1']")
     page.keyboard.press("e")
     page.wait_for_selector("#classes .chip[data-drawn='true']")
     supports = state(url)["classes"][0]["supports"]
@@ -301,9 +352,9 @@ def test_a_person_labels_a_folder_in_the_browser(page, app_server, tmp_path):
 
     # The page as the README shows it: masks in the grid, one image open.
     tile(page, 3).click()
-    page.wait_for_function(f"document.getElementById('detail-name').textContent === {json.dumps(NAMES[3])}")
+    page.wait_for_selector("#detail[data-id='3']")
     page.wait_for_selector("#step-label[data-kind='mask']")
-    page.wait_for_function("[...document.querySelectorAll('#grid .tile img')].every(i => i.complete)")
+    page.wait_for_function("() => [...document.querySelectorAll('#grid .tile img')].every(i => i.complete)")
     shot = tmp_path / "app.png"
     page.screenshot(path=str(shot))
     assert Image.open(shot).size == (1280, 800)
@@ -311,47 +362,3 @@ def test_a_person_labels_a_folder_in_the_browser(page, app_server, tmp_path):
         shutil.copyfile(shot, SCREENSHOT)
     page.keyboard.press("Escape")
     assert page.is_hidden("#detail")
-
-
-def test_dropped_files_and_hostile_text_show_as_text(page, app_server, tmp_path):
-    url = app_server[0]
-    hostile = "<img src=x onerror=\"document.body.dataset.owned='yes'\">"
-    page.fill("#new-label", hostile)
-    page.press("#new-label", "Enter")
-    page.wait_for_function("document.querySelectorAll('#classes .class').length === 2")
-    assert [c["label"] for c in state(url)["classes"]][-1] == hostile
-    second = page.locator("#classes .class").nth(1)
-    assert second.locator(".label-input").input_value() == hostile
-    second.locator(".pick").click()
-    assert hostile in page.text_content("#pick-hint")
-    second.locator(".pick").click()
-
-    # Files for a class: an image and NAME_mask.png, its drawn mask.
-    write_image(tmp_path / "dog.png", (40, 30), seed=9)
-    drawn = np.zeros((30, 40), np.uint8)
-    drawn[5:20, 10:30] = 255
-    Image.fromarray(drawn).save(tmp_path / "dog_mask.png")
-    with page.expect_file_chooser() as chooser:
-        second.locator(".upload").click()
-    chooser.value.set_files([str(tmp_path / "dog.png"), str(tmp_path / "dog_mask.png")])
-    page.wait_for_selector("#classes .class[data-index='1'] .chip[data-kind='upload'][data-drawn='true']")
-    (upload,) = state(url)["classes"][1]["supports"]
-    assert upload["kind"] == "upload" and upload["drawn"] is True and upload["name"] == "dog.png"
-
-    # A file the server refuses: its error, which names the file, is shown as text.
-    bad = {"name": "<b>bad</b>.png", "mimeType": "image/png", "buffer": b"not a picture"}
-    expected = httpx.post(f"{url}/app/api/upload", files={"file": (bad["name"], bad["buffer"], bad["mimeType"])},
-                          timeout=30)
-    assert expected.status_code == 400
-    with page.expect_file_chooser() as chooser:
-        second.locator(".upload").click()
-    chooser.value.set_files(bad)
-    page.wait_for_function("document.getElementById('message').hidden === false && "
-                           "document.getElementById('message').dataset.kind === 'error'")
-    assert page.text_content("#message") == expected.json()["error"]
-    assert page.locator("#message *").count() == 0
-    assert len(state(url)["classes"][1]["supports"]) == 1
-
-    page.wait_for_timeout(300)
-    assert page.locator("img[src='x']").count() == 0
-    assert page.evaluate("document.body.dataset.owned") is None

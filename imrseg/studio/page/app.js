@@ -6,7 +6,7 @@
 
 const STATES = ["none", "proposed", "accepted", "corrected", "rejected"];
 const PAGE_SIZE = 100;
-const UNDO_DEPTH = 30;
+const UNDO_BYTES = 256 * 1024 * 1024;  // the undo history's bound: fewer steps on big images
 const COLOUR = /^#[0-9a-fA-F]{6}$/;
 
 const S = {
@@ -558,6 +558,7 @@ async function openDetail(id, keepView = false) {
   canvas.width = d.w;
   canvas.height = d.h;
   $("detail").hidden = false;
+  $("detail").dataset.id = id;
   document.body.classList.add("detail-open");
   const slider = $("step-slider");
   slider.max = list.length - 1;
@@ -759,7 +760,8 @@ function strokeTo(point) {
 function pushUndo() {
   const d = S.detail;
   d.undo.push(d.labels.slice());
-  if (d.undo.length > UNDO_DEPTH) d.undo.shift();
+  const depth = Math.max(2, Math.min(50, Math.floor(UNDO_BYTES / d.labels.length)));
+  while (d.undo.length > depth) d.undo.shift();
 }
 
 async function startStroke(e) {
@@ -784,7 +786,19 @@ async function startStroke(e) {
   renderDetailHead();
 }
 
+// The brush's outline under the pointer, at the size it paints.
+function showCursor(e) {
+  const cursor = $("brush-cursor");
+  const box = $("canvas-box").getBoundingClientRect();
+  cursor.style.width = cursor.style.height = `${S.size}px`;
+  cursor.style.left = `${e.clientX - box.left - S.size / 2}px`;
+  cursor.style.top = `${e.clientY - box.top - S.size / 2}px`;
+  cursor.dataset.tool = S.tool;
+  cursor.hidden = false;
+}
+
 function moveStroke(e) {
+  showCursor(e);
   if (!stroke || e.pointerId !== stroke.pointer || !S.detail) return;
   const events = e.getCoalescedEvents ? e.getCoalescedEvents() : [];
   for (const event of events.length ? events : [e]) strokeTo(imagePoint(event));
@@ -993,7 +1007,8 @@ function listen() {
     document.body.dataset.run = run.status;
   });
   events.addEventListener("classes", e => {
-    const list = JSON.parse(e.data);
+    const data = JSON.parse(e.data);
+    const list = Array.isArray(data) ? data : data.classes;
     if (S.state && JSON.stringify(list) !== JSON.stringify(S.state.classes)) setClasses(list);
   });
 }
@@ -1060,8 +1075,9 @@ function wire() {
   canvas.addEventListener("pointermove", moveStroke);
   canvas.addEventListener("pointerup", endStroke);
   canvas.addEventListener("pointercancel", endStroke);
+  canvas.addEventListener("pointerleave", () => { $("brush-cursor").hidden = true; });
   document.addEventListener("keydown", onKey);
-  window.addEventListener("resize", fitCanvas);
+  new ResizeObserver(fitCanvas).observe($("canvas-box"));
   setTool("brush");
   setSize(S.size);
 }
