@@ -269,6 +269,33 @@ def test_segmenter_checks_its_input():
         segmenter.segment_sync([image], [ClassRequest("a")])
 
 
+def test_the_warm_up_forward_runs_before_the_first_request_and_is_not_one(stub):
+    """`warm_up`: one zero-shot forward of a blank picture on the worker, before any
+    request; a request sent meanwhile waits for it, then is answered as ever."""
+    stub.gate = threading.Event()
+    segmenter = Segmenter(stub, warm_up=True)
+    try:
+        assert stub.started.wait(10)  # the warm-up forward, with no request sent
+        assert stub.classes == {"object": None}
+        image = Image.new("RGB", (8, 6))
+        with ThreadPoolExecutor(1) as pool:
+            answer = pool.submit(segmenter.segment_sync, [image], [ClassRequest("dog")])
+            time.sleep(0.2)
+            assert not answer.done()  # behind the warm-up
+            stub.gate.set()
+            (result,) = answer.result(10)
+        assert result["dog"].mask.shape == (6, 8)
+        assert (segmenter.requests, segmenter.forwards) == (1, 1)
+    finally:
+        stub.gate.set()
+        segmenter.close()
+    cold = Segmenter(StubPredictor())
+    try:
+        assert not cold.predictor.started.wait(0.2)  # no warm-up unless asked
+    finally:
+        cold.close()
+
+
 def test_openapi_page_describes_the_routes_answers_and_errors(make):
     schema = make().get("/openapi.json").json()
     segment = schema["paths"]["/v1/segment"]["post"]

@@ -61,7 +61,7 @@ def serve(predictor, host: str = "127.0.0.1", port: int = 9090, token: str | Non
     from .service import Segmenter
 
     segmenter = Segmenter(predictor, batch_size=batch_size, max_wait_ms=max_wait_ms, max_queue=limits.max_queue,
-                          timeout_s=limits.timeout_s, max_steps=limits.max_steps)
+                          timeout_s=limits.timeout_s, max_steps=limits.max_steps, warm_up=True)
     app = create_app(segmenter, limits, token=token, root=root)
     for router in routers(segmenter):
         app.include_router(router)

@@ -7,6 +7,7 @@ A request that fails answers with its own error; the worker goes on with the oth
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import math
 import queue
@@ -94,10 +95,12 @@ class Segmenter:
     batch_size: most queries per forward; max_wait_ms: how long the worker waits for more
     requests to join a batch; max_queue: queries waiting at most (more: `Busy`);
     timeout_s: a request's time limit (`TimeoutError`); max_steps: most refinement steps
-    a request may ask for; cache_size: support sets kept."""
+    a request may ask for; cache_size: support sets kept; warm_up: run one zero-shot
+    forward of a blank picture first, so the first request does not pay for the first
+    forward's set-up (on a CPU several times a later forward's time)."""
 
     def __init__(self, predictor: Predictor, batch_size: int = 8, max_wait_ms: float = 5.0, max_queue: int = 64,
-                 timeout_s: float = 90.0, max_steps: int = 10, cache_size: int = 16):
+                 timeout_s: float = 90.0, max_steps: int = 10, cache_size: int = 16, warm_up: bool = False):
         for name, value in (("batch_size", batch_size), ("max_queue", max_queue), ("timeout_s", timeout_s),
                             ("max_steps", max_steps), ("cache_size", cache_size)):
             if not value > 0:
@@ -113,6 +116,7 @@ class Segmenter:
         self._closed = False
         self._seconds_per_query = 0.0  # running mean, for Retry-After
         self._cache: OrderedDict[str, SupportSet] = OrderedDict()
+        self.warm_up = warm_up
         self._worker = threading.Thread(target=self._work, name="imrseg-serve", daemon=True)
         self._worker.start()
 
@@ -216,6 +220,10 @@ class Segmenter:
 
     # ---------------------------------------------------------------- worker
     def _work(self) -> None:
+        if self.warm_up:  # before any request: those that come meanwhile wait in the queue
+            blank = Image.new("RGB", (64, 64), (128, 128, 128))
+            with contextlib.suppress(Exception):  # a model that cannot run fails each request on its own
+                self.predictor.predict_classes([blank], keep=[], supports=self.predictor.support_set({"object": None}))
         while True:
             job = self._queue.get()
             if job is None:
