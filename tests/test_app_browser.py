@@ -245,7 +245,7 @@ def test_a_person_labels_a_folder_in_the_browser(page, app_server, tmp_path):
     run_and_wait(page)
     for i in range(4):
         wait_tile_state(page, i, "proposed")
-    assert page.get_attribute("[data-testid='count-proposed']", "data-count") == "4"
+    page.wait_for_selector("[data-testid='count-proposed'][data-count='4']")
     for name, (w, h) in zip(NAMES, SIZES):
         assert Image.open(mask_file(out, name)).size == (w, h)
     assert reviews(out) == {name: "proposed" for name in NAMES}
@@ -348,7 +348,8 @@ def test_a_person_labels_a_folder_in_the_browser(page, app_server, tmp_path):
     assert reviews(out) == {NAMES[0]: "proposed", NAMES[1]: "corrected", NAMES[2]: "accepted", NAMES[3]: "proposed"}
     assert [tile(page, i).get_attribute("data-state") for i in range(4)] == \
         ["proposed", "corrected", "accepted", "proposed"]
-    assert page.get_attribute("[data-testid='count-corrected']", "data-count") == "1"
+    page.wait_for_selector("[data-testid='count-corrected'][data-count='1']")
+    page.wait_for_selector("[data-testid='count-accepted'][data-count='1']")
 
     # The page as the README shows it: masks in the grid, one image open.
     tile(page, 3).click()

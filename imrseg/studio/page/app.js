@@ -256,7 +256,7 @@ function classElement(c, i) {
 function supportChip(s, i, k) {
   const chip = el("span", {"class": "chip", "data-testid": "support", "data-kind": s.kind, "data-ref": s.ref,
                            "data-drawn": s.drawn ? "true" : "false", "title": `${s.kind}: ${s.name}`});
-  if (s.thumb) chip.append(el("img", {"src": s.thumb, "alt": ""}));
+  if (s.thumb) chip.append(el("img", {"src": new URL(s.thumb, `${location.origin}/app/api/`).href, "alt": ""}));
   chip.append(el("span", {"class": "chip-name"}, s.name));
   if (s.drawn) chip.append(el("span", {"class": "drawn", "data-testid": "drawn", "title": "with its drawn mask"}, "✎"));
   const remove = el("button", {"type": "button", "class": "remove", "data-testid": "remove-support",
@@ -853,6 +853,10 @@ function maskPng() {
 async function save() {
   const d = S.detail;
   if (!d) return;
+  if (!d.undo.length) {
+    showMessage("nothing to save: no stroke since the mask was loaded or saved", "info");
+    return;
+  }
   const form = new FormData();
   form.append("mask", await maskPng(), "mask.png");
   const info = await api("POST", `/app/api/correct/${d.id}`, form);
