@@ -320,3 +320,35 @@ def test_a_killed_server_keeps_every_saved_correction(folder, recipe_weight_file
         assert np.array_equal(np.asarray(Image.open(out / "img1.png")) > 0, painted > 0)
     finally:
         workspace.close()
+
+
+def test_odd_names_an_out_inside_the_folder_and_a_changed_image(segmenter, tmp_path):
+    """A name that is not UTF-8 is shown escaped, never a failed answer; the output
+    folder inside FOLDER is not read as images; an image changed after its mask was
+    made has no mask until it is run again (a stale mask is never shown as its own)."""
+    folder = tmp_path / "photos"
+    write_image(folder / "a.png", (40, 30), seed=1)
+    odd = write_image(Path(os.fsdecode(bytes(folder) + b"/caf\xe9.png")), (30, 40), seed=2)
+    app = App(folder, folder / "labels", segmenter)
+    try:
+        client = app.client
+        assert client.put("/app/api/classes", json={"classes": [{"label": "cup"}]}).status_code == 200
+        assert app.run() == {"run": 1, "total": 2}
+        listing = client.get("/app/api/images").json()
+        assert [it["name"] for it in listing["items"]] == ["a.png", "caf\\udce9.png"]
+        assert [it["state"] for it in listing["items"]] == ["proposed", "proposed"]
+        assert client.get("/app/api/detail/1").status_code == 200
+        assert client.post("/app/api/review/0", json={"state": "accepted"}).status_code == 200
+        assert client.post("/app/api/review/1", json={"state": "accepted"}).status_code == 200
+    finally:
+        app.close()
+    write_image(odd, (30, 40), seed=3)  # another picture under the same name
+    os.utime(odd, ns=(1, 1))
+    app = App(folder, folder / "labels", segmenter)
+    try:
+        assert [it["state"] for it in app.client.get("/app/api/images").json()["items"]] == ["accepted", None]
+        assert app.client.get("/app/api/mask/1").status_code == 404
+        assert app.run() == {"run": 1, "total": 1}  # the changed one only: accepted before, but of another picture
+        assert [app.workspace.state_of(i) for i in range(2)] == ["accepted", "proposed"]
+    finally:
+        app.close()

@@ -19,6 +19,7 @@ from fastapi import APIRouter, Depends, File, HTTPException, Query, Request, Upl
 from fastapi.responses import RedirectResponse, Response, StreamingResponse
 from pydantic import BaseModel, Field
 
+from ..errors import show_path
 from ..images import load_image_bytes
 from ..outputs.thumbnails import THUMB_SIZE
 from ..serve.limits import Limits
@@ -82,7 +83,8 @@ def router(workspace: Workspace, runner: Runner, segmenter: Segmenter, limits: L
 
     def state() -> dict:
         with workspace.lock:
-            return {"folder": str(workspace.folder), "out": str(workspace.out), "total": len(workspace.images),
+            return {"folder": show_path(workspace.folder), "out": show_path(workspace.out),
+                    "total": len(workspace.images),
                     "classes": workspace.classes_state(), "running": runner.running,
                     "progress": runner.progress, "counts": workspace.counts(),
                     "steps": segmenter.predictor.steps, "model_version": segmenter.info()["model_version"]}

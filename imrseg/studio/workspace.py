@@ -26,10 +26,11 @@ from ..guard import Fields, OwnedFolder
 from ..images import find_images, load_image, load_image_bytes, load_label_mask_bytes, load_mask_bytes
 from ..multiclass import check_labels
 from ..outputs.masks import mask_png, read_index_mask, save_index_png, save_mask_png
-from ..outputs.naming import OVERLAY_SUFFIX, file_tags, label_slugs, plan_outputs
+from ..outputs.naming import OVERLAY_SUFFIX, file_tags, plan_outputs
 from ..outputs.overlay import OVERLAY_TINT, save_overlay
 from ..outputs.palette import class_colour
-from ..outputs.results import RESULTS_FILE, REVIEWS, History, QueryRow, header_labels, query_identity
+from ..outputs.results import (RESULTS_FILE, REVIEWS, History, QueryRow, header_labels, query_file,
+                               query_identity)
 from ..outputs.thumbnails import THUMB_SIZE, image_thumbnail, overlay_thumbnail
 
 STATE_FILE = "app.json"
@@ -78,6 +79,7 @@ class Workspace:
         self.images: list[Path] = []  # by id
         self.names: list[str] = []  # relative to FOLDER, posix
         self.stems: list[str] = []  # output stems relative to `out` (one class)
+        self.files: list[dict | None] = []  # each image's size and mtime when opened
         self.rows: list[QueryRow | None] = []
         self.revs: list[int] = []
         self.labels: list[str] = []  # what the masks' values mean: the latest run's classes
@@ -109,6 +111,7 @@ class Workspace:
         self.names = [image.relative_to(root).as_posix() for image, root in found]
         plan = plan_outputs(found, self.out)
         self.stems = [self.guard.relative(plan[image]) for image in self.images]
+        self.files = [query_file(image) for image in self.images]  # size and mtime now, as rows record them
         self.rows = [history.last.get(query_identity(image), (None, None))[1] for image in self.images]
         self.revs = [row.index + 1 if row else 0 for row in self.rows]
         self._rev = max(self.revs, default=0)
@@ -152,8 +155,10 @@ class Workspace:
 
     # ------------------------------------------------------------------ reading
     def state_of(self, i: int) -> str | None:
+        """None while image `i` has no mask of its present content (none yet, its row
+        failed, or the file changed since: then its mask, even an accepted one, is stale)."""
         row = self.rows[i]
-        if row is None or row.status == "failed" or row.mask is None:
+        if row is None or row.status == "failed" or row.mask is None or row.query_file != self.files[i]:
             return None
         return row.review or "proposed"
 
@@ -166,7 +171,7 @@ class Workspace:
     def item(self, i: int) -> dict:
         row = self.rows[i]
         state = self.state_of(i)
-        return {"id": i, "name": self.names[i], "state": state, "score": row.score if state else None,
+        return {"id": i, "name": show_path(self.names[i]), "state": state, "score": row.score if state else None,
                 "fraction": row.foreground_fraction if state else None, "rev": self.revs[i],
                 "error": row.error if row is not None and row.status == "failed" else None}
 
@@ -240,15 +245,16 @@ class Workspace:
             supports = []
             for s in setting.supports:
                 if s.kind == "image":
-                    supports.append({"kind": "image", "ref": ids[s.ref], "name": s.ref, "drawn": False,
+                    supports.append({"kind": "image", "ref": ids[s.ref], "name": show_path(s.ref), "drawn": False,
                                      "thumb": f"thumb/{ids[s.ref]}"})
                 elif s.kind == "upload":
                     u = self.uploads[s.ref]
-                    supports.append({"kind": "upload", "ref": s.ref, "name": u["name"], "drawn": bool(u["mask"]),
+                    supports.append({"kind": "upload", "ref": s.ref, "name": show_path(u["name"]),
+                                     "drawn": bool(u["mask"]),
                                      "thumb": f"support/{s.ref}"})
                 else:
                     e = self.examples[s.ref]
-                    supports.append({"kind": "example", "ref": s.ref, "name": e["image"], "drawn": True,
+                    supports.append({"kind": "example", "ref": s.ref, "name": show_path(e["image"]), "drawn": True,
                                      "thumb": f"thumb/{ids[e['image']]}" if e["image"] in ids else ""})
             out.append({"label": setting.label, "prompt": setting.prompt, "color": colour, "supports": supports})
         return out
@@ -342,7 +348,8 @@ class Workspace:
                 self.uploads[digest] = {"name": Path(name).name or "upload", "file": self.guard.relative(file),
                                         "mask": mask_rel}
                 self._save_state()
-        return {"kind": "upload", "ref": digest, "name": self.uploads[digest]["name"], "drawn": drawn is not None}
+        return {"kind": "upload", "ref": digest, "name": show_path(self.uploads[digest]["name"]),
+                "drawn": drawn is not None}
 
     def support_picture(self, ref: str) -> bytes:
         if ref not in self.uploads:
@@ -405,8 +412,9 @@ class Workspace:
             if not present:
                 raise InputError(f"image {i}: its mask is empty; paint the object first")
             by_label = {c.label: c for c in self.classes}
-            for (k, label), slug in zip(present, label_slugs([label for _, label in present])):
-                ref = f"{self.stems[i]}_{slug}_{self.revs[i]}"
+            for k, label in present:
+                # Named by what it is a snapshot of: this image's mask, at this revision, for this class.
+                ref = hashlib.sha256(json.dumps([self.names[i], self.revs[i], label]).encode()).hexdigest()[:20]
                 rel = f"{EXAMPLES}/{ref}.png"
                 if ref not in self.examples:
                     self.guard.write(rel, mask_png(index == k))
@@ -433,7 +441,8 @@ class Workspace:
 
     def _row_dict(self, row: QueryRow) -> dict:
         return {"type": "query", "query": row.query, "resolved": row.identity, "file_name": row.file_name,
-                "status": row.status, "mask": str(self.out / row.mask), "outputs": list(row.outputs), "query_file": row.query_file,
+                "status": row.status, "mask": str(self.out / row.mask), "outputs": list(row.outputs),
+                "query_file": row.query_file,
                 "foreground_fraction": row.foreground_fraction, "score": row.score, "classes": row.classes,
                 "steps": row.steps, "seconds": row.seconds, "error": None, "review": row.review}
 
