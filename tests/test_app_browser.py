@@ -284,6 +284,10 @@ def test_a_person_labels_a_folder_in_the_browser(page, app_server, tmp_path):
     box = page.locator("#detail-canvas").bounding_box()
     scale = w / box["width"]
     assert abs(h / box["height"] - scale) < 0.05  # the canvas keeps the image's shape
+    page.keyboard.press("]")
+    assert page.text_content("#brush-size-text") == "30 px"
+    page.keyboard.press("[")
+    assert page.text_content("#brush-size-text") == "24 px"
     page.eval_on_selector("#brush-size", "e => { e.value = 40; e.dispatchEvent(new Event('input')); }")
     radius = 40 / 2 * scale
 
@@ -326,6 +330,16 @@ def test_a_person_labels_a_folder_in_the_browser(page, app_server, tmp_path):
     wait_tile_state(page, 2, "accepted")
     assert reviews(out)[NAMES[2]] == "accepted"
 
+    # Reject the last one; the arrow keys go back.
+    page.keyboard.press("ArrowRight")
+    page.wait_for_selector("#detail[data-id='3']")
+    page.keyboard.press("r")
+    wait_detail_state(page, "rejected")
+    wait_tile_state(page, 3, "rejected")
+    assert reviews(out)[NAMES[3]] == "rejected"
+    page.keyboard.press("ArrowLeft")
+    page.wait_for_selector("#detail[data-id='2']")
+
     # The corrected one becomes an example: a support with its drawn mask.
     page.keyboard.press("p")
     page.wait_for_selector("#detail[data-id='1']")
@@ -350,6 +364,21 @@ def test_a_person_labels_a_folder_in_the_browser(page, app_server, tmp_path):
         ["proposed", "corrected", "accepted", "proposed"]
     page.wait_for_selector("[data-testid='count-corrected'][data-count='1']")
     page.wait_for_selector("[data-testid='count-accepted'][data-count='1']")
+
+    # Sorted by score, the doubtful first; filtered by state.
+    page.select_option("#order", "score")
+    page.wait_for_selector("#grid[data-order='score'][data-filter='all']")
+    scores = [float(tile.get_attribute("data-score")) for tile in page.locator("#grid .tile").all()]
+    assert len(scores) == 4 and scores == sorted(scores)
+    page.select_option("#state-filter", "accepted")
+    page.wait_for_selector("#grid[data-order='score'][data-filter='accepted']")
+    assert [t.get_attribute("data-id") for t in page.locator("#grid .tile").all()] == ["2"]
+    assert page.text_content("#page-info") == "1–1 of 1"
+    page.select_option("#state-filter", "all")
+    page.wait_for_selector("#grid[data-order='score'][data-filter='all']")
+    page.select_option("#order", "name")
+    page.wait_for_selector("#grid[data-order='name'][data-filter='all']")
+    assert [t.get_attribute("data-id") for t in page.locator("#grid .tile").all()] == ["0", "1", "2", "3"]
 
     # The page as the README shows it: masks in the grid, one image open.
     tile(page, 3).click()

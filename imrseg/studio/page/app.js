@@ -391,6 +391,8 @@ async function loadPage() {
   const query = new URLSearchParams({offset: S.offset, limit: PAGE_SIZE, order: S.order, state: S.filter});
   const page = await api("GET", `/app/api/images?${query}`);
   if (seq !== S.pageSeq) return;
+  $("grid").dataset.order = query.get("order");
+  $("grid").dataset.filter = query.get("state");
   S.total = page.total;
   S.offset = page.offset;
   S.items = page.items;
