@@ -183,19 +183,22 @@ def test_labels_file_names_and_errors_show_as_text(page, app_server, tmp_path):
     assert hostile in page.text_content("#pick-hint")
     hostile_class.locator(".pick").click()
 
-    # Files for a class: an image and NAME_mask.png, its drawn mask.
+    # Files dropped on a class: an image and NAME_mask.png, its drawn mask.
     write_image(tmp_path / "dog.png", (40, 30), seed=9)
     drawn = np.zeros((30, 40), np.uint8)
     drawn[5:20, 10:30] = 255
     Image.fromarray(drawn).save(tmp_path / "dog_mask.png")
-    with page.expect_file_chooser() as chooser:
-        hostile_class.locator(".upload").click()
-    chooser.value.set_files([str(tmp_path / "dog.png"), str(tmp_path / "dog_mask.png")])
+    dropped = page.evaluate_handle("""files => {
+        const data = new DataTransfer();
+        for (const [name, bytes] of files) data.items.add(new File([new Uint8Array(bytes)], name, {type: "image/png"}));
+        return data;
+    }""", [[name, list((tmp_path / name).read_bytes())] for name in ("dog.png", "dog_mask.png")])
+    hostile_class.dispatch_event("drop", {"dataTransfer": dropped})
     page.wait_for_selector("#classes .class[data-index='0'] .chip[data-kind='upload'][data-drawn='true']")
     (upload,) = state(url)["classes"][0]["supports"]
     assert upload["kind"] == "upload" and upload["drawn"] is True and upload["name"] == "dog.png"
 
-    # A file the server refuses: its error, which names the file, is shown as text.
+    # A file chosen with "files…" that the server refuses: its error, naming the file, shown as text.
     bad = {"name": "<b>bad</b>.png", "mimeType": "image/png", "buffer": b"not a picture"}
     expected = httpx.post(f"{url}/app/api/upload", files={"file": (bad["name"], bad["buffer"], bad["mimeType"])},
                           timeout=30)
