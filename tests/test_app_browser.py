@@ -328,6 +328,12 @@ def test_a_person_labels_a_folder_in_the_browser(page, app_server, tmp_path):
     # Accept the next one with the key.
     page.keyboard.press("n")
     page.wait_for_selector("#detail[data-id='2']")
+    page.type("#new-label", "nap")  # keys typed into a field are text, not commands
+    assert page.input_value("#new-label") == "nap"
+    page.wait_for_timeout(300)  # time for a key taken as a command to show
+    assert page.get_attribute("#detail", "data-id") == "2" and tile(page, 2).get_attribute("data-state") == "proposed"
+    page.fill("#new-label", "")
+    page.evaluate("document.activeElement.blur()")
     page.keyboard.press("a")
     wait_detail_state(page, "accepted")
     wait_tile_state(page, 2, "accepted")
