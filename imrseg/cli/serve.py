@@ -46,11 +46,12 @@ def serve(
     """Serve the model over HTTP (imrseg's /v1 API; Label Studio's ML-backend protocol) until Ctrl-C."""
     from ..arguments import check_count
     from ..serve.limits import Limits
-    from ..serve.server import check_binding, check_root, serve as run_server
+    from ..serve.server import check_binding, check_port_free, check_root, serve as run_server
 
     limits = Limits(max_body_bytes=max_body_bytes, max_pixels=max_pixels, max_images=max_images,
                     max_queue=max_queue, timeout_s=timeout)
     check_binding(host, token, port)
+    check_port_free(host, port)
     check_root(root)
     if batch_size is not None:
         check_count("batch_size", batch_size)

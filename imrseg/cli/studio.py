@@ -39,10 +39,11 @@ def app_command(
     """Label FOLDER in the browser: try labels and examples, watch the masks arrive, correct them, teach by correction."""
     from ..arguments import check_count
     from ..serve.limits import Limits
-    from ..serve.server import check_binding, is_loopback, serve
+    from ..serve.server import check_binding, check_port_free, is_loopback, serve
     from ..studio import Runner, Workspace, router
 
     check_binding(host, token, port)
+    check_port_free(host, port)
     if batch_size is not None:
         check_count("batch_size", batch_size)
     if max_pixels is not None:

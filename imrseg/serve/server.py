@@ -39,6 +39,24 @@ def check_binding(host: str, token: str | None, port: int = 9090) -> None:
                          "(or set IMRSEG_TOKEN), or serve on 127.0.0.1")
 
 
+def check_port_free(host: str, port: int) -> None:
+    """Nothing listens on host:port now, so a server can (checked before a model loads)."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        raise InputError(f"{param('host')} {host}: cannot be resolved ({exc.strerror or exc})") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            raise InputError(f"{param('port')} {port} on {host}: cannot listen there ({exc.strerror or exc}); "
+                             f"choose another {param('port')}") from None
+
+
 def check_root(root: Path | None) -> Path | None:
     if root is None:
         return None

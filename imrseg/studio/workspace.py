@@ -95,11 +95,13 @@ class Workspace:
     def open(self) -> Workspace:
         if not self.folder.is_dir():
             raise InputError(f"{show_path(self.folder)}: not a folder (`folder`)")
-        found = find_images([self.folder], exclude=[self.out])
         history = History(self.out)
         self.guard = OwnedFolder(self.out, parameter="out", overwrite=None, known=history.written)
         self.guard.__enter__()
         try:
+            # `out` may be, or lie inside, FOLDER (as for `segment`): what imrseg wrote there is
+            # never an image to label, the person's own images there are.
+            found = find_images([self.folder], exclude=[self.guard.root / name for name in self.guard.owned])
             self._read(found, history)
         except BaseException:
             self.close()
