@@ -93,8 +93,8 @@ async function api(method, path, body) {
   return response.status === 204 ? null : response.json();
 }
 
-// A picture from the API, decoded as it is (no colour management: masks keep their values).
-async function bitmap(path, quiet = false) {
+// A picture from the API; `raw`: decoded as it is, no colour management (masks keep their values).
+async function bitmap(path, {quiet = false, raw = true} = {}) {
   let response;
   try {
     response = await fetch(path);
@@ -108,7 +108,7 @@ async function bitmap(path, quiet = false) {
     throw new ApiError(message);
   }
   const blob = await response.blob();
-  return createImageBitmap(blob, {colorSpaceConversion: "none", premultiplyAlpha: "none"});
+  return createImageBitmap(blob, raw ? {colorSpaceConversion: "none", premultiplyAlpha: "none"} : {});
 }
 
 // Swallows ApiError (already shown in the message line); other errors are bugs and surface.
@@ -532,7 +532,10 @@ function views(info) {
 async function openDetail(id, keepView = false) {
   const seq = ++S.detailSeq;
   const info = await api("GET", `/app/api/detail/${id}`);
-  const image = await bitmap(`/app/api/image/${id}`);
+  const image = await bitmap(`/app/api/image/${id}`, {raw: false});
+  if (image.width !== info.width || image.height !== info.height) {
+    showMessage(`${info.name} came as ${image.width}x${image.height}, its masks are ${info.width}x${info.height}`);
+  }
   let labels = new Uint8Array(info.width * info.height);
   if (info.state) {
     const mask = await bitmap(`/app/api/mask/${id}?rev=${encodeURIComponent(info.rev)}`);
@@ -658,7 +661,7 @@ async function layer(view) {
   const path = view.kind === "cam" ? `/app/api/cam/${d.id}?${query}` : `/app/api/step/${d.id}/${view.t}?${query}`;
   let picture = null;
   try {
-    const source = await bitmap(path, true);
+    const source = await bitmap(path, {quiet: true});
     if (view.kind === "cam") picture = source;
     else {
       picture = document.createElement("canvas");
@@ -883,7 +886,7 @@ async function review(state) {
   if (S.detail !== d) return;
   Object.assign(d.info, {state: info.state, score: info.score, fraction: info.fraction});
   renderDetailHead();
-  onResult({id: info.id, state: info.state, score: info.score, fraction: info.fraction, rev: d.info.rev});
+  onResult({id: info.id, state: info.state, score: info.score, fraction: info.fraction, rev: info.rev ?? d.info.rev});
 }
 
 async function useAsExample() {
