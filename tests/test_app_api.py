@@ -6,6 +6,7 @@ the folder; reopening shows the work; a killed server keeps every saved correcti
 and every bad request is a 4xx naming its field. (The page itself: test_app_browser.)"""
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -23,6 +24,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from conftest import write_image
+from imrseg.cli import main
 from imrseg.errors import ImrsegError, InputError
 from imrseg.outputs.coco import export_coco
 from imrseg.outputs.gallery import build_gallery
@@ -352,3 +354,33 @@ def test_odd_names_an_out_inside_the_folder_and_a_changed_image(segmenter, tmp_p
         assert [app.workspace.state_of(i) for i in range(2)] == ["accepted", "proposed"]
     finally:
         app.close()
+
+
+def test_the_command_refuses_bad_flags_in_one_line_before_any_model_loads(folder, tmp_path, monkeypatch, capsys):
+    """Each a one-line error naming the flag, exit 2, and no output folder made; the
+    weights named do not exist, so a command that got as far as loading would say so."""
+    monkeypatch.delenv("IMRSEG_TOKEN", raising=False)
+    (tmp_path / "empty").mkdir()
+    with socket_listening() as port:
+        cases = (([folder, "--host", "0.0.0.0"], "--token"), ([folder, "--port", "0"], "--port"),
+                 ([folder, "--port", port], "--port"), ([tmp_path / "missing"], "FOLDER"),
+                 ([tmp_path / "empty"], "no images"), ([folder, "--batch-size", "0"], "--batch-size"))
+        for flags, named in cases:
+            out = tmp_path / "out"
+            monkeypatch.setattr(sys, "argv", ["imrseg", "app", *map(str, flags), "--out", str(out),
+                                              "--weights", str(tmp_path / "no-such.pt")])
+            with pytest.raises(SystemExit) as exit_:
+                main()
+            err = capsys.readouterr().err
+            assert exit_.value.code == 2 and err.count("\n") == 1 and named in err, (flags, err)
+            assert not out.exists()
+
+
+@contextlib.contextmanager
+def socket_listening():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        yield s.getsockname()[1]
