@@ -10,7 +10,6 @@ Set IMRSEG_APP_SCREENSHOT=1 to write the README's picture (docs/app.png) from th
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import socket
@@ -52,23 +51,24 @@ def app_server(recipe_weight_files, tmp_path_factory):
     folder, out = base / "photos", base / "labels"
     for seed, (name, size) in enumerate(zip(NAMES, SIZES)):
         write_image(folder / name, size, seed=seed)
-    port = free_port()
-    log = open(base / "server.log", "w")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "imrseg", "app", str(folder), "--out", str(out),
-         "--weights", recipe_weight_files["weights"], "--clip-weights", recipe_weight_files["clip"],
-         "--steps", "1", "--device", "cpu", "--port", str(port)],
-        env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=log, stderr=subprocess.STDOUT, text=True)
+    port, log_file = free_port(), base / "server.log"
+    with open(log_file, "w") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "imrseg", "app", str(folder), "--out", str(out),
+             "--weights", recipe_weight_files["weights"], "--clip-weights", recipe_weight_files["clip"],
+             "--steps", "1", "--device", "cpu", "--port", str(port)],
+            env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=log, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 300
-        while process.poll() is None and time.monotonic() < deadline:
+        deadline, ready = time.monotonic() + 300, False
+        while not ready and process.poll() is None and time.monotonic() < deadline:
             try:
-                if httpx.get(f"{url}/v1/health", timeout=1).status_code == 200:
-                    break
+                ready = httpx.get(f"{url}/v1/health", timeout=1).status_code == 200
             except httpx.TransportError:
+                pass
+            if not ready:
                 time.sleep(0.2)
-        assert process.poll() is None, (base / "server.log").read_text()
+        assert ready, log_file.read_text()
         yield url, folder, out
     finally:
         process.terminate()
@@ -77,8 +77,7 @@ def app_server(recipe_weight_files, tmp_path_factory):
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
-        log.close()
-        print((base / "server.log").read_text()[-4000:])  # shown when a test fails
+        print(log_file.read_text()[-4000:])  # shown when a test fails
 
 
 @pytest.fixture(scope="module")
@@ -328,7 +327,7 @@ def test_a_person_labels_a_folder_in_the_browser(page, app_server, tmp_path):
     # Accept the next one with the key.
     page.keyboard.press("n")
     page.wait_for_selector("#detail[data-id='2']")
-    page.type("#new-label", "nap")  # keys typed into a field are text, not commands
+    page.locator("#new-label").press_sequentially("nap")  # keys typed into a field are text, not commands
     assert page.input_value("#new-label") == "nap"
     page.wait_for_timeout(300)  # time for a key taken as a command to show
     assert page.get_attribute("#detail", "data-id") == "2" and tile(page, 2).get_attribute("data-state") == "proposed"
