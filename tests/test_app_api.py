@@ -187,7 +187,9 @@ def test_reopening_shows_the_work_and_the_exports_read_it(labelled, folder, segm
     try:
         document = json.loads(export_coco(out).read_text())
         assert sorted(im["file_name"] for im in document["images"]) == ["img0.png", "img1.png", "img2.png"]
-        assert build_gallery(out).is_file()
+        page = build_gallery(out).read_text()
+        for review in ("corrected", "accepted", "rejected", "proposed"):  # each card shows its review
+            assert f'"review": "{review}"' in page
         again = App(folder, out, segmenter)
         try:
             state = again.client.get("/app/api/state").json()

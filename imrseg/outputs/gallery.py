@@ -65,7 +65,7 @@ def _entry(run: FinishedRun, query: QueryRow) -> dict:
     links += [[PurePosixPath(rel).name[len(PurePosixPath(query.stem).name) + 1:].rsplit(".", 1)[0], _href(rel)]
               for rel in extra]
     return {"name": query.file_name, "thumb": _href(overlay_thumbnail(run.folder, query)), "score": query.score,
-            "classes": _present(run, query), "links": [link for link in links if link[1]]}
+            "review": query.review, "classes": _present(run, query), "links": [link for link in links if link[1]]}
 
 
 def build_gallery(out: OwnedFolder | os.PathLike | str) -> Path:
