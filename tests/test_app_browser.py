@@ -9,6 +9,7 @@ is not accepted or corrected is recomputed), and a label that looks like HTML sh
 Set IMRSEG_APP_SCREENSHOT=1 to write the README's picture (docs/app.png) from this run."""
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -24,6 +25,7 @@ import pytest
 from PIL import Image
 
 from conftest import write_image
+from imrseg.outputs.palette import PALETTE
 
 playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -166,6 +168,25 @@ def stroke_region(shape, start, end, radius):
     dx, dy = x1 - x0, y1 - y0
     t = np.clip(((xs - x0) * dx + (ys - y0) * dy) / (dx * dx + dy * dy), 0, 1)
     return np.hypot(xs - (x0 + t * dx), ys - (y0 + t * dy))
+
+
+def test_the_page_reads_masks_as_the_server_writes_them(page):
+    """Several classes: an indexed PNG in the VOC palette is class indices; one class: 0/255."""
+    indexed = np.arange(24, dtype=np.uint8).reshape(4, 6)
+    picture = Image.fromarray(indexed, mode="P")
+    picture.putpalette(PALETTE)
+    binary = np.where(indexed % 2 == 1, 255, 0).astype(np.uint8)
+    decoded = []
+    for mask in (picture, Image.fromarray(binary)):
+        data = io.BytesIO()
+        mask.save(data, "PNG")
+        decoded.append(page.evaluate("""async ([bytes, w, h]) => {
+            const options = {colorSpaceConversion: "none", premultiplyAlpha: "none"};
+            const source = await createImageBitmap(new Blob([new Uint8Array(bytes)]), options);
+            return Array.from(decodeMask(source, w, h));
+        }""", [list(data.getvalue()), 6, 4]))
+    assert decoded[0] == indexed.ravel().tolist()
+    assert decoded[1] == (binary.ravel() // 255).tolist()
 
 
 def test_labels_file_names_and_errors_show_as_text(page, app_server, tmp_path):
