@@ -53,3 +53,12 @@ def write_image(path: Path, size=(64, 48), seed: int = 0, **save_options) -> Pat
     rng = np.random.default_rng(seed)
     Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(path, **save_options)
     return path
+
+
+def free_port() -> int:
+    """A port nothing listens on now, on 127.0.0.1, for a server a test starts."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -13,7 +13,6 @@ import io
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -24,7 +23,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import write_image
+from conftest import free_port, write_image
 from imrseg.outputs.palette import PALETTE
 
 playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
@@ -38,12 +37,6 @@ BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networkin
 SIZES = [(64, 48), (48, 64), (64, 48), (48, 64)]
 NAMES = [f"img{i}.png" for i in range(len(SIZES))]
 WAIT_MS = 120_000
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,6 @@ test is skipped."""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -23,7 +22,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import write_image
+from conftest import free_port, write_image
 
 ROOT = Path(__file__).resolve().parents[1]
 EXECUTABLE = os.environ.get("IMRSEG_LABEL_STUDIO")
@@ -36,12 +35,6 @@ pytestmark = pytest.mark.skipif(
     not EXECUTABLE or not Path(EXECUTABLE).is_file(),
     reason="no Label Studio: set IMRSEG_LABEL_STUDIO to the `label-studio` executable of its own venv "
            "(pip install label-studio==1.23.2 there), or run .ci/run with IMRSEG_CI_LABEL_STUDIO=1")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for(url: str, process: subprocess.Popen, seconds: float, log: Path) -> None:

@@ -8,7 +8,6 @@ import base64
 import io
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -22,7 +21,7 @@ import pytest
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from conftest import write_image
+from conftest import free_port, write_image
 from imrseg.images import load_image
 from imrseg.predictor import Predictor
 from imrseg.serve.app import create_app
@@ -40,12 +39,6 @@ def images(tmp_path_factory) -> Path:
         write_image(root / name, size, seed=i)
     write_image(root / "support.png", (60, 50), seed=7)
     return root
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
