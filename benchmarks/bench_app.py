@@ -28,10 +28,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import socket
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -40,7 +38,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from common import LABEL, images, report, write_recipe_weight_files
+from common import LABEL, images, report, serve_in_thread, write_recipe_weight_files
 from imrseg.images import load_image
 from imrseg.predictor import Predictor
 from imrseg.runner import OutputOptions, RunSettings, run_folder
@@ -70,23 +68,14 @@ def segment_seconds(folder: Path, support: Path, out: Path, weights: dict, steps
 def app_seconds(predictor: Predictor, folder: Path, out: Path, batch_size: int) -> dict:
     """(first mask, last mask) seconds after POST /app/api/run, read off the event stream,
     for the first Run after the server started ("cold") and a second with another support."""
-    import uvicorn
-
     limits = Limits(timeout_s=3600)
     segmenter = Segmenter(predictor, batch_size=batch_size, max_wait_ms=5, timeout_s=limits.timeout_s, warm_up=True)
     workspace = Workspace(folder, out).open()
     runner = Runner(workspace, segmenter, batch_size)
     app = create_app(segmenter, limits)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     app.include_router(router(workspace, runner, segmenter, limits))
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.05)
-    url = f"http://127.0.0.1:{port}/app/api"
+    served = serve_in_thread(app)
+    url = f"{served.url}/app/api"
 
     def run(support: int) -> dict:
         httpx.put(f"{url}/classes", json={"classes": [{"label": LABEL, "supports": [
@@ -115,8 +104,7 @@ def app_seconds(predictor: Predictor, folder: Path, out: Path, batch_size: int) 
         # shapes; the second, with another support, recomputes every image on a warm server.
         return {"cold": run(0), "warm": run(1)}
     finally:
-        server.should_exit = True
-        thread.join(30)
+        served.stop()
         segmenter.close()
         workspace.close()
 

@@ -20,11 +20,9 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import socket
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -33,7 +31,7 @@ import httpx
 import numpy as np
 import torch
 
-from common import LABEL, images, report, write_recipe_weight_files
+from common import LABEL, images, report, serve_in_thread, write_recipe_weight_files
 from imrseg.predictor import Predictor
 from imrseg.runner import RunSettings, run_folder
 from imrseg.serve.app import create_app
@@ -64,21 +62,11 @@ def folder_rate(queries: list[Path], support: Path, weights: dict, steps: int, b
 
 def serve_rates(predictor: Predictor, queries: list[bytes], support: bytes, clients: list[int], rounds: int,
                 batch_size: int, max_wait_ms: float) -> list[dict]:
-    import uvicorn
-
     limits = Limits(max_queue=4 * max(clients), timeout_s=3600)  # measured, not cut short
     segmenter = Segmenter(predictor, batch_size=batch_size, max_wait_ms=max_wait_ms, max_queue=limits.max_queue,
                           timeout_s=limits.timeout_s)
-    app = create_app(segmenter, limits)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.05)
-    url = f"http://127.0.0.1:{port}/v1/segment"
+    served = serve_in_thread(create_app(segmenter, limits))
+    url = f"{served.url}/v1/segment"
 
     def send(query: bytes) -> float:
         start = time.perf_counter()
@@ -103,8 +91,7 @@ def serve_rates(predictor: Predictor, queries: list[bytes], support: bytes, clie
             print(f"serve, {n} clients: {rows[-1]}", file=sys.stderr, flush=True)
         return rows
     finally:
-        server.should_exit = True
-        thread.join(30)
+        served.stop()
         segmenter.close()
 
 

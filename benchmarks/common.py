@@ -134,3 +134,30 @@ def report(result: dict, summary: str | None = None) -> None:
     if summary is not None:
         print(summary, file=sys.stderr)
     print(json.dumps(result))
+
+
+class Served(NamedTuple):
+    url: str
+    server: Any
+    thread: threading.Thread
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(30)
+
+
+def serve_in_thread(app) -> Served:
+    """`app` on a real uvicorn on 127.0.0.1 (an ephemeral port), in a thread, once it answers."""
+    import socket
+
+    import uvicorn
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    return Served(f"http://127.0.0.1:{port}", server, thread)

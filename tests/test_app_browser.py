@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import free_port, write_image
+from conftest import free_port, stop_process, write_image
 from imrseg.outputs.palette import PALETTE
 
 playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
@@ -66,12 +66,7 @@ def app_server(recipe_weight_files, tmp_path_factory):
         assert ready, log_file.read_text()
         yield url, folder, out
     finally:
-        process.terminate()
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process)
         print(log_file.read_text()[-4000:])  # shown when a test fails
 
 

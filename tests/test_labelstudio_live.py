@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import free_port, write_image
+from conftest import free_port, stop_process, write_image
 
 ROOT = Path(__file__).resolve().parents[1]
 EXECUTABLE = os.environ.get("IMRSEG_LABEL_STUDIO")
@@ -53,16 +53,6 @@ def wait_for(url: str, process: subprocess.Popen, seconds: float, log: Path) -> 
 def started(command: list, env: dict, log: Path) -> subprocess.Popen:
     return subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, stdout=log.open("w"), stderr=subprocess.STDOUT,
                             start_new_session=True)
-
-
-def stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def test_label_studio_predictions_are_the_masks_segment_writes(tmp_path, recipe_weight_files):
@@ -130,5 +120,5 @@ def test_label_studio_predictions_are_the_masks_segment_writes(tmp_path, recipe_
                 drawn |= decode_rle(bytes(region["value"]["rle"])).reshape(h, w, 4)[:, :, 3] > 0
             np.testing.assert_array_equal(drawn, expected, err_msg=name)
     finally:
-        stop(serve)
-        stop(label_studio)
+        stop_process(serve)
+        stop_process(label_studio)
