@@ -13,6 +13,7 @@ import io
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -24,6 +25,7 @@ import pytest
 from PIL import Image
 
 from conftest import free_port, stop_process, write_image
+from imrseg.studio import Workspace
 from imrseg.outputs.palette import PALETTE
 
 playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
@@ -41,7 +43,7 @@ WAIT_MS = 120_000
 
 @pytest.fixture(scope="module")
 def app_server(recipe_weight_files, tmp_path_factory):
-    """`imrseg app FOLDER` as a person starts it, on a free port; yields (url, folder, out)."""
+    """`imrseg app FOLDER` as a person starts it, on a free port; yields (url, folder, out, process)."""
     base = tmp_path_factory.mktemp("app")
     folder, out = base / "photos", base / "labels"
     for seed, (name, size) in enumerate(zip(NAMES, SIZES)):
@@ -64,7 +66,7 @@ def app_server(recipe_weight_files, tmp_path_factory):
             if not ready:
                 time.sleep(0.2)
         assert ready, log_file.read_text()
-        yield url, folder, out
+        yield url, folder, out, process
     finally:
         stop_process(process)
         print(log_file.read_text()[-4000:])  # shown when a test fails
@@ -229,7 +231,7 @@ def test_labels_file_names_and_errors_show_as_text(page, app_server, tmp_path):
 
 
 def test_a_person_labels_a_folder_in_the_browser(page, app_server, tmp_path):
-    url, folder, out = app_server
+    url, folder, out, _ = app_server
     assert page.locator("#grid .tile").count() == 4
     assert page.locator("#grid .tile[data-state='none']").count() == 4
     assert page.text_content("#folder") == str(folder)
@@ -409,3 +411,20 @@ def test_a_person_labels_a_folder_in_the_browser(page, app_server, tmp_path):
         shutil.copyfile(shot, SCREENSHOT)
     page.keyboard.press("Escape")
     assert page.is_hidden("#detail")
+
+
+def test_a_killed_server_keeps_the_work_it_saved(app_server):
+    """After the round above, SIGKILL: reopening the folder shows every review and
+    correction the page saved, and the classes with their example."""
+    _, folder, out, process = app_server
+    before = reviews(out)
+    corrected = mask_file(out, NAMES[1]).read_bytes()
+    process.send_signal(signal.SIGKILL)
+    process.wait(30)
+    workspace = Workspace(folder, out).open()  # the lock died with the server
+    try:
+        assert {name: workspace.state_of(i) for i, name in enumerate(workspace.names)} == before
+        assert [(s.kind, s.ref) for s in workspace.classes[0].supports][-1][0] == "example"
+        assert mask_file(out, NAMES[1]).read_bytes() == corrected
+    finally:
+        workspace.close()
