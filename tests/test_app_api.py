@@ -29,7 +29,7 @@ from imrseg.runner import OutputOptions, RunSettings, run_folder
 from imrseg.serve.app import create_app
 from imrseg.serve.limits import Limits
 from imrseg.serve.service import Segmenter
-from imrseg.studio import Runner, Workspace, router
+from imrseg.studio import Runner, Workspace, page_hosts, router
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZES = [(64, 48), (48, 64), (56, 40), (40, 56)]
@@ -262,6 +262,12 @@ def test_a_page_opened_with_the_token_gets_a_cookie_and_nothing_else_gets_in(fol
         assert client.get("/app/api/state", headers={"authorization": "Bearer s3cret;=x"}).status_code == 200
     finally:
         app.close()
+
+
+def test_only_this_machines_names_on_loopback_any_name_behind_a_token():
+    assert page_hosts("127.0.0.1", 9090) == {"127.0.0.1:9090", "localhost:9090", "[::1]:9090"}
+    assert "localhost:8000" in page_hosts("localhost", 8000)
+    assert page_hosts("0.0.0.0", 9090) is None  # reached by names not known here; the token guards it
 
 
 def test_one_app_per_output_folder(folder, segmenter, tmp_path):

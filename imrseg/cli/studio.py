@@ -39,8 +39,8 @@ def app_command(
     """Label FOLDER in the browser: try labels and examples, watch the masks arrive, correct them, teach by correction."""
     from ..arguments import check_count
     from ..serve.limits import Limits
-    from ..serve.server import check_binding, check_port_free, is_loopback, serve
-    from ..studio import Runner, Workspace, router
+    from ..serve.server import check_binding, check_port_free, serve
+    from ..studio import Runner, Workspace, page_hosts, router
 
     check_binding(host, token, port)
     check_port_free(host, port)
@@ -56,8 +56,7 @@ def app_command(
                                               steps=steps, hub_namespace=hub_namespace)
         batch = batch_size or (8 if predictor.device.type == "cuda" else 2)
         limits = Limits(**({"max_pixels": max_pixels} if max_pixels else {}))
-        names = (host, "127.0.0.1", "localhost", "[::1]") if is_loopback(host) else (host,)
-        hosts = frozenset(f"{name}:{port}" for name in names)
+        hosts = page_hosts(host, port)
         url = f"http://{host if ':' not in host else f'[{host}]'}:{port}/app/"
         typer.echo(f"imrseg: {len(workspace.images)} images of {folder}; open {url}"
                    + ("?token=<your token>" if token else ""), err=True)

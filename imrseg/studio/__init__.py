@@ -7,8 +7,8 @@ workspace  the folder's images, the output folder's rows, classes, reviews, corr
 runs       a run of the model over what is not yet accepted, streamed mask by mask
 routes     the page and its API under /app, with server-sent events
 page/      the page itself: HTML, CSS and plain JavaScript, no build step"""
-from .routes import router
+from .routes import page_hosts, router
 from .runs import Runner
 from .workspace import Workspace
 
-__all__ = ["Runner", "Workspace", "router"]
+__all__ = ["Runner", "Workspace", "page_hosts", "router"]

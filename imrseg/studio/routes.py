@@ -23,6 +23,7 @@ from ..errors import show_path
 from ..images import load_image_bytes
 from ..outputs.thumbnails import THUMB_SIZE
 from ..serve.limits import Limits
+from ..serve.server import is_loopback
 from ..serve.service import Busy, Segmenter
 from .runs import Runner
 from .workspace import SUPPORT_KINDS, Conflict, Workspace
@@ -57,9 +58,20 @@ class ReviewIn(BaseModel):
     state: Literal["accepted", "rejected", "proposed"]
 
 
+def page_hosts(host: str, port: int) -> frozenset[str] | None:
+    """The Host names a page's requests may give (`router`'s `hosts`). On loopback, a page
+    of another site could reach the server through a name rebound to 127.0.0.1: only this
+    machine's own names for it are answered. Elsewhere the token guards it (its cookie is
+    SameSite=Strict) and the names people reach the machine by are not known: None."""
+    if not is_loopback(host):
+        return None
+    return frozenset(f"{name}:{port}" for name in dict.fromkeys((host, "127.0.0.1", "localhost", "[::1]")))
+
+
 def router(workspace: Workspace, runner: Runner, segmenter: Segmenter, limits: Limits,
            hosts: frozenset[str] | None = None) -> APIRouter:
-    """The /app routes; `hosts`: the host[:port] names requests may give (None: any)."""
+    """The /app routes; `hosts`: the host[:port] names requests may give, and changes may
+    come from (None: any, for a server whose token guards it)."""
 
     def same_site(request: Request) -> None:
         if hosts is None:

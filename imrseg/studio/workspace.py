@@ -230,9 +230,11 @@ class Workspace:
         """The overlay's thumbnail when the image has a mask, else the image's."""
         with self.lock:
             row = self.rows[i] if self.state_of(i) else None
-            rel = (overlay_thumbnail(self.guard, row) if row is not None else
-                   image_thumbnail(self.guard, self.images[i], self.stems[i], self.max_pixels))
-            return self.guard.read_bytes(rel)
+        # Made outside the lock, so a page loading many never holds up a run's rows; two
+        # requests for one thumbnail write the same picture, atomically.
+        rel = (overlay_thumbnail(self.guard, row) if row is not None else
+               image_thumbnail(self.guard, self.images[i], self.stems[i], self.max_pixels))
+        return self.guard.read_bytes(rel)
 
     def picture(self, i: int):
         """The image upright at full size, as masks are drawn over it."""
