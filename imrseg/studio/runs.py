@@ -6,8 +6,6 @@ mask announced as soon as it is on disk: the first image goes alone, so the firs
 mask shows after one forward, the rest in batches. One run at a time."""
 from __future__ import annotations
 
-import hashlib
-import json
 import threading
 import time
 from pathlib import Path
@@ -19,6 +17,7 @@ from ..images import LoadedImage, check_drawn_mask, load_image, load_mask
 from ..outputs.naming import file_tags, plan_outputs
 from ..outputs.results import RESULTS_FILE, Outcome, query_file, relative_outputs
 from ..runner.batches import Job, segment_queries
+from ..runner.identity import fingerprint_of
 from ..runner.writing import OutputOptions
 from ..clip.vocabulary import class_vocabulary
 from ..serve.service import ClassRequest, Segmenter
@@ -122,7 +121,7 @@ class Runner:
         info = self.segmenter.info()
         identity = {"weights": info["weights"], "clip": info["clip"], "classes": identity_classes,
                     "steps": steps, "precision": info["precision"], "app": True}
-        fingerprint = hashlib.sha256(json.dumps(identity, sort_keys=True).encode("utf-8")).hexdigest()
+        fingerprint = fingerprint_of(identity)
         stems = plan_outputs(((image, ws.folder) for image in ws.images), ws.out, protect=protect,
                              tags=file_tags(labels))
         suffixes = OPTIONS.suffixes(steps, labels)

@@ -26,7 +26,7 @@ from ..guard import Fields, OwnedFolder
 from ..images import find_images, load_image, load_image_bytes, load_label_mask_bytes, load_mask_bytes
 from ..multiclass import check_labels
 from ..outputs.masks import mask_png, read_index_mask, save_index_png, save_mask_png
-from ..outputs.naming import OVERLAY_SUFFIX, file_tags, plan_outputs
+from ..outputs.naming import CAM_SUFFIX, OVERLAY_SUFFIX, file_tags, plan_outputs, step_suffix
 from ..outputs.overlay import OVERLAY_TINT, save_overlay
 from ..outputs.palette import class_colour
 from ..outputs.results import (RESULTS_FILE, REVIEWS, History, QueryRow, header_labels, query_file,
@@ -199,8 +199,8 @@ class Workspace:
                 c = row.classes.get(label) or {}
                 classes.append({"label": label, "color": colour, "score": c.get("score"),
                                 "fraction": c.get("fraction")})
-            cam = f"{row.stem}{tags[0]}_cam.png" in outputs
-            while f"{row.stem}{tags[0]}_step{steps + 1}.png" in outputs:
+            cam = row.stem + tags[0] + CAM_SUFFIX in outputs
+            while row.stem + tags[0] + step_suffix(steps + 1) in outputs:
                 steps += 1
         width, height = self._size(i)
         return {**item, "width": width, "height": height, "classes": classes, "steps": steps, "cam": cam}
@@ -221,7 +221,7 @@ class Workspace:
         if label not in labels:
             raise InputError(f"label: {label!r} is not among the classes {labels}")
         tag = file_tags(labels)[labels.index(label)]
-        rel = f"{row.stem}{tag}_cam.png" if kind == "cam" else f"{row.stem}{tag}_step{step}.png"
+        rel = row.stem + tag + (CAM_SUFFIX if kind == "cam" else step_suffix(step))
         if rel not in row.outputs:
             raise LookupError(f"image {i}: no {kind} file{'' if step is None else f' for step {step}'}")
         return self.guard.read_bytes(rel)
